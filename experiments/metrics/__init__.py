@@ -1,0 +1,1 @@
+"""Offline metric implementations (sklearn/scipy), equivalent to the HF ``evaluate`` metrics."""

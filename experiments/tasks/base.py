@@ -1,0 +1,45 @@
+"""The hooks a task plugs into the one training loop (``experiments.loop``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+
+class Task(ABC):
+    """A benchmark task: data, batching, loss and evaluation.
+
+    Metric names are ``split/metric`` (``val/acc``, ``val/mcc``); ``optimized_metric`` names the one
+    used for best-checkpoint selection, and ``greater_is_better`` its direction.
+    """
+
+    optimized_metric: str = "val/loss"
+    greater_is_better: bool = True
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    @property
+    def model_head(self) -> dict[str, Any]:
+        """Keyword arguments for the model's head, e.g. ``{"num_labels": 2}``."""
+        return {}
+
+    @abstractmethod
+    def build_datasets(self, tokenizer: Any) -> dict[str, Dataset]:
+        """Tokenised datasets keyed by split (``"train"``, ``"val"``)."""
+
+    @abstractmethod
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch a list of examples (dynamic padding)."""
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss of one batch; by default the model's own ``loss`` output."""
+        return model(**batch).loss
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Any, split: str = "val") -> dict[str, float]:
+        """Metrics over ``loader`` (gathered across processes), keys ``f"{split}/<metric>"``."""

@@ -1,0 +1,145 @@
+"""``QPeftConfig``: everything needed to inject Quantum-PEFT adapters, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qpeft.unitary.base import mapping_class
+
+CONFIG_NAME = "adapter_config.json"
+BIAS_CHOICES = ("none", "all")
+QUANT_BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {list(allowed)}")
+
+
+@dataclass
+class QPeftConfig:
+    r"""Configuration of a Quantum-PEFT adapter, :math:`\Delta W = \tfrac{\alpha}{K} U\,\mathrm{diag}(\lambda)\,V^\top`.
+
+    ``U`` (``out x K``) and ``V`` (``in x K``) come from unitary mappings (``qpeft.unitary``);
+    ``λ`` starts at zero so the adapted model equals the base model at initialisation.
+    """
+
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt: a list of name suffixes, or one regex matched against the full name."},
+    )
+    rank: int = field(default=4, metadata={"help": "K: columns of U and V, entries of λ."})
+    alpha: float = field(default=32.0, metadata={"help": "Scaling numerator: ΔW is multiplied by alpha / rank."})
+    mapping: str = field(default="taylor", metadata={"help": "Unitary mapping of U (and of V unless mapping_v is set)."})
+    mapping_options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Options of the U mapping, e.g. {'layers': 1} for pauli."}
+    )
+    mapping_v: str | None = field(default=None, metadata={"help": "Mapping of V; None means the same as U."})
+    mapping_options_v: dict[str, Any] | None = field(
+        default=None, metadata={"help": "Options of the V mapping; None means mapping_options."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input (LoRA-style)."})
+    fan_in_fan_out: bool = field(
+        default=False, metadata={"help": "Base weight is stored (in, out); set automatically for GPT-2 Conv1D."}
+    )
+    fused_modules: dict[str, list[int]] = field(
+        default_factory=dict,
+        metadata={"help": "Fused projections: name suffix -> indices of the equal output slices to adapt "
+                  "(GPT-2 c_attn Q and V: {'c_attn': [0, 2]})."},
+    )
+    fused_num_parts: int = field(default=3, metadata={"help": "Number of equal output slices of a fused projection."})
+    modules_to_save: list[str] = field(
+        default_factory=list, metadata={"help": "Name suffixes of modules trained in full and saved (e.g. classifier)."}
+    )
+    bias: str = field(default="none", metadata={"help": f"Which biases are trained: one of {BIAS_CHOICES}."})
+    quant_bits: int | None = field(
+        default=None, metadata={"help": "QAT of the adapter's intrinsic parameters: bits B (None = FP32)."}
+    )
+    quant_group_size: int = field(default=128, metadata={"help": "Quantization group size G."})
+    quant_gamma: float = field(default=0.0, metadata={"help": "Adaptive bit loading exponent γ (0 = uniform)."})
+    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Recorded in adapter_config.json."})
+
+    def __post_init__(self) -> None:
+        if self.target_modules is None or (not isinstance(self.target_modules, str) and not self.target_modules):
+            raise ValueError("QPeftConfig.target_modules is required: a list of module-name suffixes or a regex")
+        if isinstance(self.target_modules, str):
+            try:
+                re.compile(self.target_modules)
+            except re.error as err:
+                raise ValueError(f"QPeftConfig.target_modules={self.target_modules!r} is not a valid regex: {err}")
+        else:
+            self.target_modules = list(self.target_modules)
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"QPeftConfig.rank={self.rank!r} is invalid; allowed values: integers >= 1")
+        if not self.alpha > 0:
+            raise ValueError(f"QPeftConfig.alpha={self.alpha!r} is invalid; allowed values: > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"QPeftConfig.dropout={self.dropout!r} is invalid; allowed values: 0 <= dropout < 1")
+        _choice("bias", self.bias, BIAS_CHOICES)
+        if self.quant_bits is not None:
+            _choice("quant_bits", self.quant_bits, QUANT_BIT_CHOICES)
+        if not isinstance(self.quant_group_size, int) or self.quant_group_size < 1:
+            raise ValueError(f"QPeftConfig.quant_group_size={self.quant_group_size!r} is invalid; allowed: integers >= 1")
+        if self.fused_num_parts < 1:
+            raise ValueError(f"QPeftConfig.fused_num_parts={self.fused_num_parts!r} is invalid; allowed: >= 1")
+        for key, parts in self.fused_modules.items():
+            bad = [p for p in parts if not 0 <= p < self.fused_num_parts]
+            if bad or not parts:
+                raise ValueError(
+                    f"QPeftConfig.fused_modules[{key!r}]={parts!r} is invalid; allowed: a non-empty list of "
+                    f"slice indices in [0, {self.fused_num_parts})"
+                )
+        self.mapping_options = dict(self.mapping_options)
+        if self.mapping_options_v is not None:
+            self.mapping_options_v = dict(self.mapping_options_v)
+        for side, name, options in self.factor_specs():
+            cls = mapping_class(name)  # raises with the list of mappings
+            unknown = sorted(set(options) - set(cls.option_names()))
+            if unknown:
+                raise ValueError(
+                    f"QPeftConfig.{'mapping_options' if side == 'u' else 'mapping_options_v'} has unknown option(s) "
+                    f"{unknown} for mapping {name!r}; allowed options: {sorted(cls.option_names())}"
+                )
+
+    @property
+    def scaling(self) -> float:
+        """The factor α/K in front of ``U diag(λ) Vᵀ``."""
+        return self.alpha / self.rank
+
+    def factor_specs(self) -> tuple[tuple[str, str, dict[str, Any]], tuple[str, str, dict[str, Any]]]:
+        """``(("u", mapping, options), ("v", mapping, options))`` with the V defaults resolved."""
+        mapping_v = self.mapping_v or self.mapping
+        options_v = self.mapping_options if self.mapping_options_v is None else self.mapping_options_v
+        if self.mapping_v is not None and self.mapping_v != self.mapping and self.mapping_options_v is None:
+            options_v = {}
+        return ("u", self.mapping, dict(self.mapping_options)), ("v", mapping_v, dict(options_v))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peft_type": "QPEFT", **dataclasses.asdict(self)}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``adapter_config.json`` (atomically) into ``directory``."""
+        from qpeft.io import atomic_write_text
+
+        atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QPeftConfig:
+        data = {k: v for k, v in data.items() if k != "peft_type"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown QPeftConfig field(s) {unknown}; allowed fields: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> QPeftConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        return cls.from_dict(json.loads(path.read_text()))
