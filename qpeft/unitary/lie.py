@@ -1,1 +1,297 @@
-"""(being written)"""
+r"""Lie-algebra mappings ``exp``, ``taylor``, ``cayley`` and ``neumann`` (method.md §3 and §8).
+
+The trainable Lie parameters are the free entries of :math:`\Theta\in\mathbb R^{n\times K'}`
+(intrinsic rank :math:`K'\le K`).  They fill a strictly lower-triangular
+:math:`\mathcal L\in\mathbb R^{n\times n}` whose nonzeros sit in its first :math:`K'` columns,
+
+.. math:: \mathcal L_{ij} = \Theta_{ij}\ (i > j,\ j < K'),\qquad S = \mathcal L - \mathcal L^\top,
+
+and :math:`U = Q[:, :K]` for
+
+.. math::
+    Q_E = \exp(S),\quad Q_T = \sum_{p=0}^{P}\frac{S^p}{p!},\quad
+    Q_C = (I+S)(I-S)^{-1},\quad Q_N = (I+S)\sum_{p=0}^{P} S^p .
+
+Only the free entries are stored, so every mapping has
+:math:`nK' - K'(K'+1)/2` trainable scalars (:math:`=\dim\mathrm{St}(n,K)` at :math:`K'=K`).
+
+Because :math:`\mathcal L` has :math:`K'` nonzero columns, :math:`SX = \mathcal L_{:,:K'}X_{:K'}
+- [\mathcal L_{:,:K'}^\top X;\,0]` costs :math:`O(nK'c)` for :math:`X\in\mathbb R^{n\times c}`;
+``taylor``, ``neumann`` and ``cayley`` (Woodbury, exact) never form an ``n x n`` matrix.
+``exp`` is the dense reference (``torch.linalg.matrix_exp``, :math:`O(n^3)`).
+
+Functional, batched cores take the block ``theta: Tensor[..., n, K']`` (entries on or above the
+diagonal are ignored) and return ``Tensor[..., n, k]``: :func:`taylor_columns`,
+:func:`neumann_columns`, :func:`cayley_columns`, :func:`exp_columns`, and the dense references
+:func:`taylor_dense` and :func:`cayley_dense`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from qpeft.unitary.base import StiefelMap, register_mapping
+
+#: Θ ~ N(0, 0.01²): U starts at a small random rotation of I[:, :K] (not exactly at it), and
+#: ‖S‖₂ ≈ 0.01·(√n + √K') stays ≈ 0.4 at n = 1024, where every mapping is accurate to float32.
+DEFAULT_INIT_STD = 0.01
+#: Taylor's truncation error is about ‖S‖^{P+1}/(P+1)!; P = 18 keeps ‖UᵀU − I‖ below 1e-5 up to
+#: ‖S‖₂ ≈ 4 (spec table at N=10, K=3, σ=0.3: P = 2, 4, 8, 12, 18 → 0.70, 4.7e-2, 4.0e-5, 6e-9, 1e-15).
+#: Neumann's error is about ‖S‖^{P+1}, so it needs ‖S‖₂ < 1 (≈ 2e-6 at ‖S‖₂ = 0.5, P = 18).
+DEFAULT_ORDER = 18
+
+
+def lie_count(n: int, intrinsic_rank: int) -> int:
+    """Free entries of a strictly lower ``n x K'`` block: :math:`nK' - K'(K'+1)/2`."""
+    return n * intrinsic_rank - intrinsic_rank * (intrinsic_rank + 1) // 2
+
+
+def lower_index(n: int, cols: int, device: torch.device | None = None) -> Tensor:
+    """Row-major flat positions ``i * cols + j`` of the entries ``i > j`` of an ``n x cols`` block."""
+    rows, col = torch.tril_indices(n, cols, offset=-1, device=device)
+    return rows * cols + col
+
+
+def lower_block(values: Tensor, n: int, cols: int, index: Tensor | None = None) -> Tensor:
+    """Scatter free entries ``[..., m]`` into a strictly lower ``[..., n, cols]`` block."""
+    if index is None:
+        index = lower_index(n, cols, values.device)
+    flat = values.new_zeros(*values.shape[:-1], n * cols).index_copy(-1, index, values)
+    return flat.unflatten(-1, (n, cols))
+
+
+def skew_apply(a: Tensor, x: Tensor) -> Tensor:
+    r""":math:`SX` for :math:`S = \mathcal L - \mathcal L^\top`, ``a = L[..., :, :K']`` strictly lower.
+
+    ``a: [..., n, K']``, ``x: [..., n, c]`` → ``[..., n, c]`` in :math:`O(nK'c)`.
+    """
+    kp = a.shape[-1]
+    lx = a @ x[..., :kp, :]  # [..., n, c]
+    top = lx[..., :kp, :] - a.mT @ x  # rows < K' also receive -Lᵀx
+    return torch.cat([top, lx[..., kp:, :]], dim=-2)
+
+
+def _strict(theta: Tensor) -> Tensor:
+    return torch.tril(theta, diagonal=-1)
+
+
+def _eye_columns(theta: Tensor, k: int) -> Tensor:
+    n = theta.shape[-2]
+    eye = torch.eye(n, k, dtype=theta.dtype, device=theta.device)
+    return eye.expand(*theta.shape[:-2], n, k)
+
+
+def skew_dense(theta: Tensor) -> Tensor:
+    """The dense ``[..., n, n]`` generator ``S`` (references and benchmarks only)."""
+    a = _strict(theta)
+    n, kp = a.shape[-2:]
+    low = torch.cat([a, a.new_zeros(*a.shape[:-1], n - kp)], dim=-1)
+    return low - low.mT
+
+
+def taylor_columns(theta: Tensor, k: int, order: int) -> Tensor:
+    r"""``Q_T[..., :, :k]`` by Horner: :math:`X + S(X + \tfrac12 S(\cdots(X + \tfrac1P SX)))`.
+
+    ``theta: [..., n, K']`` → ``[..., n, k]``, cost :math:`O(P\,n\,k\,K')`, no ``n x n`` matrix.
+    """
+    a = _strict(theta)
+    x = _eye_columns(a, k)
+    y = x
+    for p in range(order, 0, -1):
+        y = x + skew_apply(a, y) / p
+    return y
+
+
+def taylor_dense(theta: Tensor, k: int, order: int) -> Tensor:
+    """Same value as :func:`taylor_columns` through the dense ``n x n`` S: :math:`O(P n^2 k)`."""
+    s = skew_dense(theta)
+    x = _eye_columns(theta, k)
+    y = x
+    for p in range(order, 0, -1):
+        y = x + (s @ y) / p
+    return y
+
+
+def neumann_columns(theta: Tensor, k: int, order: int) -> Tensor:
+    r"""``Q_N[..., :, :k]`` with :math:`\sum_{p\le P} S^pX` by Horner, :math:`O(P\,n\,k\,K')`.
+
+    Approximates Cayley; accurate only for :math:`\|S\|_2 < 1` (error :math:`\approx\|S\|^{P+1}`).
+    """
+    a = _strict(theta)
+    x = _eye_columns(a, k)
+    y = x
+    for _ in range(order):
+        y = x + skew_apply(a, y)
+    return y + skew_apply(a, y)
+
+
+def cayley_columns(theta: Tensor, k: int) -> Tensor:
+    r"""``Q_C[..., :, :k]`` exactly, in :math:`O(nK'k + K'^3)` by the Woodbury identity.
+
+    With :math:`W = [\mathcal L_{:,:K'},\ I_{:,:K'}]` and :math:`J = \begin{psmallmatrix}0&I\\-I&0
+    \end{psmallmatrix}`, :math:`S = WJW^\top` and
+    :math:`(I-S)^{-1} = I - W(J + W^\top W)^{-1}W^\top` (the small matrix is invertible because
+    :math:`\det(J + W^\top W) = \det(I - S)/\det(-J) \ne 0`).  Then
+    :math:`Q_CX = (I-S)^{-1}(X + SX)`.
+    """
+    a = _strict(theta)
+    kp = a.shape[-1]
+    x = _eye_columns(a, k)
+    y = x + skew_apply(a, x)
+    eye = torch.eye(kp, dtype=a.dtype, device=a.device)
+    zero = torch.zeros_like(eye)
+    j = torch.cat([torch.cat([zero, eye], -1), torch.cat([-eye, zero], -1)], -2)
+    a_top = a[..., :kp, :]  # EᵀL block, K' x K'
+    gram = torch.cat(
+        [torch.cat([a.mT @ a, a_top.mT], -1), torch.cat([a_top, eye.expand_as(a_top)], -1)], -2
+    )
+    wty = torch.cat([a.mT @ y, y[..., :kp, :]], -2)  # Wᵀy, [..., 2K', k]
+    z = torch.linalg.solve(j + gram, wty)
+    wz = a @ z[..., :kp, :]
+    wz = torch.cat([wz[..., :kp, :] + z[..., kp:, :], wz[..., kp:, :]], -2)
+    return y - wz
+
+
+def cayley_dense(theta: Tensor, k: int) -> Tensor:
+    """Reference Cayley columns via ``torch.linalg.solve`` on the dense ``n x n`` ``I - S``."""
+    s = skew_dense(theta)
+    x = _eye_columns(theta, k)
+    eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device)
+    return torch.linalg.solve(eye - s, x + s @ x)
+
+
+def exp_columns(theta: Tensor, k: int) -> Tensor:
+    """``exp(S)[..., :, :k]`` with ``torch.linalg.matrix_exp`` on the dense S (:math:`O(n^3)`)."""
+    return torch.linalg.matrix_exp(skew_dense(theta))[..., :k]
+
+
+def check_intrinsic_rank(k: int, intrinsic_rank: Any) -> int:
+    """Resolve ``intrinsic_rank`` (``None`` means ``k``); ``ValueError`` unless ``1 <= K' <= k``."""
+    if intrinsic_rank is None:
+        return k
+    if isinstance(intrinsic_rank, bool) or not isinstance(intrinsic_rank, int) or not 1 <= intrinsic_rank <= k:
+        raise ValueError(f"intrinsic_rank must be None or an integer in [1, k={k}], got {intrinsic_rank!r}")
+    return intrinsic_rank
+
+
+def check_init_std(init_std: Any) -> float:
+    """``init_std`` must be a real number >= 0."""
+    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
+        raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
+    return float(init_std)
+
+
+def check_order(order: Any) -> int:
+    """``order`` (P) must be an integer >= 1."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    return order
+
+
+class _LieMapping(StiefelMap):
+    r"""Shared storage: the :math:`nK' - K'(K'+1)/2` free entries of :math:`\Theta` as ``theta``."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"intrinsic_rank": None, "init_std": DEFAULT_INIT_STD}
+
+    def __init__(self, n: int, k: int, intrinsic_rank: int | None = None, init_std: float = DEFAULT_INIT_STD) -> None:
+        super().__init__(n, k)
+        self.intrinsic_rank = check_intrinsic_rank(k, intrinsic_rank)
+        self.init_std = check_init_std(init_std)
+        self.theta = nn.Parameter(torch.empty(lie_count(n, self.intrinsic_rank)))
+        self.register_buffer("index", lower_index(n, self.intrinsic_rank), persistent=False)
+        self.reset_parameters()
+
+    @staticmethod
+    def num_parameters(n: int, k: int, **options: Any) -> int:
+        return lie_count(n, check_intrinsic_rank(k, options.get("intrinsic_rank")))
+
+    def reset_parameters(self) -> None:
+        """Θ ~ N(0, init_std²) on the free entries (``init_std = 0`` gives U = I[:, :K])."""
+        with torch.no_grad():
+            self.theta.normal_(0.0, self.init_std)
+
+    def theta_block(self) -> Tensor:
+        """The strictly lower ``n x K'`` block :math:`\\mathcal L_{:, :K'}`."""
+        return lower_block(self.theta, self.n, self.intrinsic_rank, self.index)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, intrinsic_rank={self.intrinsic_rank}"
+
+
+class _SeriesMapping(_LieMapping):
+    """Adds the polynomial ``order`` P of the Taylor and Neumann series."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {**_LieMapping.OPTIONS, "order": DEFAULT_ORDER}
+
+    def __init__(
+        self,
+        n: int,
+        k: int,
+        intrinsic_rank: int | None = None,
+        init_std: float = DEFAULT_INIT_STD,
+        order: int = DEFAULT_ORDER,
+    ) -> None:
+        order = check_order(order)
+        super().__init__(n, k, intrinsic_rank=intrinsic_rank, init_std=init_std)
+        self.order = order
+
+    @staticmethod
+    def num_parameters(n: int, k: int, **options: Any) -> int:
+        check_order(options.get("order", DEFAULT_ORDER))
+        return lie_count(n, check_intrinsic_rank(k, options.get("intrinsic_rank")))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, order={self.order}"
+
+
+@register_mapping("exp")
+class ExpMapping(_LieMapping):
+    r""":math:`U = \exp(S)[:, :K]` via ``torch.linalg.matrix_exp`` (exact, dense, :math:`O(n^3)`).
+
+    Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01).
+    Count: :math:`nK' - K'(K'+1)/2`.
+    """
+
+    def forward(self) -> Tensor:
+        return exp_columns(self.theta_block(), self.k)
+
+
+@register_mapping("taylor")
+class TaylorMapping(_SeriesMapping):
+    r""":math:`U = \sum_{p=0}^{P} S^p/p!\,[:, :K]` in Horner form, :math:`O(P\,n\,K\,K')`.
+
+    Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01), ``order`` (P, 18).
+    Count: :math:`nK' - K'(K'+1)/2`.
+    """
+
+    def forward(self) -> Tensor:
+        return taylor_columns(self.theta_block(), self.k, self.order)
+
+
+@register_mapping("cayley")
+class CayleyMapping(_LieMapping):
+    r""":math:`U = (I+S)(I-S)^{-1}[:, :K]`, exact via Woodbury in :math:`O(nK'K + K'^3)`.
+
+    Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01).
+    Count: :math:`nK' - K'(K'+1)/2`.
+    """
+
+    def forward(self) -> Tensor:
+        return cayley_columns(self.theta_block(), self.k)
+
+
+@register_mapping("neumann")
+class NeumannMapping(_SeriesMapping):
+    r""":math:`U = (I+S)\sum_{p=0}^{P} S^p\,[:, :K]`, a truncated Cayley; :math:`O(P\,n\,K\,K')`.
+
+    Only approximately orthonormal: the error is about :math:`\|S\|_2^{P+1}` and the series
+    diverges for :math:`\|S\|_2 \ge 1` (which large ``n`` reaches quickly).
+    Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01), ``order`` (P, 18).
+    Count: :math:`nK' - K'(K'+1)/2`.
+    """
+
+    def forward(self) -> Tensor:
+        return neumann_columns(self.theta_block(), self.k, self.order)

