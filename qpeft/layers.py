@@ -85,7 +85,7 @@ class QPeftLayer(nn.Module):
         (_, map_u, opt_u), (_, map_v, opt_v) = config.factor_specs()
         self.qpeft_u = nn.ModuleList(build_mapping(map_u, self.part_out, self.rank, **opt_u) for _ in self.slices)
         self.qpeft_v = nn.ModuleList(build_mapping(map_v, self.in_features, self.rank, **opt_v) for _ in self.slices)
-        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), self.rank))
+        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), self.rank, device=base_layer.weight.device))
         self.qpeft_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.quant_bits is not None:
             self._register_qat(config)
@@ -104,10 +104,9 @@ class QPeftLayer(nn.Module):
                     parametrize.register_parametrization(mapping, name, fq)
 
     def _to_base_device(self) -> None:
-        weight = self.base_layer.weight
+        device = self.base_layer.weight.device
         for module in (self.qpeft_u, self.qpeft_v):
-            module.to(weight.device)
-        self.qpeft_lambda.data = self.qpeft_lambda.data.to(weight.device)
+            module.to(device)
 
     def mappings(self) -> list[StiefelMap]:
         return [*self.qpeft_u, *self.qpeft_v]
@@ -166,6 +165,9 @@ class QPeftLayer(nn.Module):
         if self.kind == "linear4bit":
             import bitsandbytes.functional as bnbF
 
+            if getattr(weight.quant_state, "packing_format_for_cpu", False):
+                # bnb repacks W for its CPU inference kernel on first eval use; undo that before dequantizing
+                weight.data, weight.quant_state = bnbF._convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
             return bnbF.dequantize_4bit(weight.data, weight.quant_state)
         return weight.data
 

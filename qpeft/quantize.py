@@ -93,9 +93,19 @@ def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
     return (q * scale + low).reshape(-1)[: x.numel()].view_as(x)
 
 
-def fake_quantize_ste(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
-    """:math:`x + \\mathrm{sg}(Q(x) - x)`: the value of :math:`Q(x)`, the gradient of the identity."""
-    return x + (quantize_groups(x, bits, group_size) - x.detach())
+def fake_quantize_ste(
+    x: Tensor, bits: int | Tensor, group_size: int, gamma: float = 0.0, rule: str = "log"
+) -> Tensor:
+    """:math:`x + \\mathrm{sg}(Q(x) - x)`: the value of :math:`Q(x)`, the gradient of the identity.
+
+    :param bits: as in :func:`quantize_groups`; with ``gamma > 0`` an integer average, re-allocated
+        per group by :func:`adaptive_bits` (``rule``) from the current ranges at every call.
+    Written as :math:`Q(x) + (x - \\mathrm{sg}(x))` so that the forward value is bit-exactly
+    :math:`Q(x)` (``x + (Q(x) - x)`` can differ from ``Q(x)`` in the last bit).
+    """
+    if gamma:
+        bits = adaptive_bits(x, bits, group_size, gamma, rule)
+    return quantize_groups(x, bits, group_size) + (x - x.detach())
 
 
 def adaptive_bits(x: Tensor, bits: int, group_size: int, gamma: float, rule: str = "log") -> Tensor:
@@ -158,8 +168,7 @@ def quantized_view(
     """
     if bits is None:
         return param
-    group_bits = adaptive_bits(param, bits, group_size, gamma, rule) if gamma else check_bits(bits)
-    return fake_quantize_ste(param, group_bits, group_size)
+    return fake_quantize_ste(param, check_bits(bits), group_size, gamma, rule)
 
 
 def _is_linear_like(module: nn.Module) -> bool:

@@ -58,8 +58,9 @@ def _build(case: tuple) -> tuple[nn.Module, QPeftModel, dict, QPeftConfig]:
     torch.manual_seed(0)
     base = factory()
     config = QPeftConfig(**kwargs)
-    reference = copy.deepcopy(base)
-    return reference, get_qpeft_model(base, config), make_input(), config
+    # bnb 4-bit layers pick their CPU kernel by mode and input.requires_grad: freeze the reference alike
+    reference = copy.deepcopy(base).eval().requires_grad_(False)
+    return reference, get_qpeft_model(base, config).eval(), make_input(), config
 
 
 def _train(model: QPeftModel, inputs: dict, steps: int = 3, lr: float = 0.05) -> None:
@@ -119,22 +120,33 @@ def test_save_load_round_trip_under_another_seed(case: tuple, tmp_path) -> None:
     assert n_saved == model.get_nb_trainable_parameters()[0]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [c for c in CASES if "bnb" not in c[0]], ids=[i for i in IDS if "bnb" not in i])
 def test_merge_equals_unmerged_and_unload_leaves_no_wrapper(case: tuple) -> None:
     _, model, inputs, _ = _build(case)
     _train(model, inputs)
     expected = _out(model, inputs)
-    tol = 0.15 if "bnb" in case[0] else 1e-4  # merging into nf4 re-quantizes W (peft #2321)
-    with pytest.warns(UserWarning) if "bnb" in case[0] else contextlib.nullcontext():
-        model.merge_adapter()
-    torch.testing.assert_close(_out(model, inputs), expected, atol=tol, rtol=tol)
+    model.merge_adapter()
+    torch.testing.assert_close(_out(model, inputs), expected, atol=1e-4, rtol=1e-4)
     model.unmerge_adapter()
-    torch.testing.assert_close(_out(model, inputs), expected, atol=tol, rtol=tol)
-    plain = model.merge_and_unload() if "bnb" not in case[0] else None
-    if plain is not None:
-        torch.testing.assert_close(_out(plain, inputs), expected, atol=1e-4, rtol=1e-4)
-        assert not any(isinstance(m, (QPeftLayer, ModulesToSave)) for m in plain.modules())
-        assert not any("qpeft_" in n for n, _ in plain.named_parameters())
+    torch.testing.assert_close(_out(model, inputs), expected, atol=1e-4, rtol=1e-4)
+    plain = model.merge_and_unload()
+    torch.testing.assert_close(_out(plain, inputs), expected, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, (QPeftLayer, ModulesToSave)) for m in plain.modules())
+    assert not any("qpeft_" in n for n, _ in plain.named_parameters())
+
+
+def test_merge_into_4bit_is_approximate_and_warns() -> None:
+    """Merging re-quantizes W + ΔW to nf4 (peft #2321): close in relative norm, not elementwise."""
+    reference, model, inputs, _ = _build(next(c for c in CASES if "bnb" in c[0]))
+    _train(model, inputs, lr=0.2)
+    expected, base = _out(model, inputs), _out(reference, inputs)
+    with pytest.warns(UserWarning, match="4-bit"):
+        model.merge_adapter()
+    merged = _out(model, inputs)
+    assert (merged - expected).norm() < 0.5 * (base - expected).norm()  # the merge carries the update
+    assert (merged - expected).norm() / expected.norm() < 0.05
+    model.unmerge_adapter()
+    assert (_out(model, inputs) - expected).norm() / expected.norm() < 0.05
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -164,7 +176,7 @@ def test_eval_mode_caches_factors_and_invalidates_after_an_update() -> None:
     with torch.no_grad():
         first = layer.factors()
         assert layer.factors()[0] is first[0]  # reused while nothing changed
-    _train(model, inputs, steps=1)
+    _train(model, inputs, steps=2)  # θ gets its first gradient at step 2 (λ = 0 before)
     with torch.no_grad():
         assert not torch.equal(layer.factors()[1], first[1])
 

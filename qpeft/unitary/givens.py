@@ -99,6 +99,7 @@ class GivensMapping(StiefelMap):
 
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
+        check_init_std(options.get("init_std", DEFAULT_INIT_STD))
         return lie_count(n, k)
 
     def reset_parameters(self) -> None:

@@ -39,7 +39,8 @@ def householder_columns(vectors: Tensor, k: int) -> Tensor:
     row ``j``.  Returns ``[..., n, k]`` with orthonormal columns.
     """
     v = torch.tril(vectors)
-    v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True)
+    # the norm is accumulated in float64: a float32 sum of n squares drifts by ~sqrt(n) eps
+    v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True, dtype=torch.float64).to(v.dtype)
     reflections = v.shape[-1]
     t_inv = torch.triu(v.mT @ v, diagonal=1)
     t_inv = t_inv + 0.5 * torch.eye(reflections, dtype=v.dtype, device=v.device)
@@ -69,6 +70,7 @@ class HouseholderMapping(StiefelMap):
 
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
+        check_init_std(options.get("init_std", DEFAULT_INIT_STD))
         return lie_count(n, k)
 
     def reset_parameters(self) -> None:

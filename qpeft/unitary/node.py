@@ -57,8 +57,13 @@ def skew_from_params(theta: Tensor, node_size: int) -> Tensor:
 
 
 def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int, signs: Tensor) -> Tensor:
-    """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order."""
-    gates = torch.linalg.matrix_exp(skew_from_params(theta, node_size))
+    """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order.
+
+    The tiny ``M x M`` exponentials run in float64 (single precision leaves ~1e-7 of non-orthogonality
+    per node, which accumulates over the circuit), then are cast back to ``theta``'s dtype.
+    """
+    skew = skew_from_params(theta, node_size)
+    gates = torch.linalg.matrix_exp(skew.to(torch.float64)).to(theta.dtype)
     return apply_two_design(gates, x, signs, n_sites, layers)
 
 
@@ -90,7 +95,7 @@ class NodeMap(StiefelMap):
     ) -> None:
         super().__init__(n, k)
         self.node_size = _check_node_size(node_size)
-        self.n_sites = site_count(n, node_size)
+        self.n_sites = site_count(n, node_size, option="node_size")
         self.layers = check_layers(layers)
         self.init_std = check_init_std(init_std)
         gates = two_design_gate_count(self.n_sites, self.layers)
@@ -104,7 +109,7 @@ class NodeMap(StiefelMap):
     ) -> int:
         check_init_std(init_std)
         size = _check_node_size(node_size)
-        gates = two_design_gate_count(site_count(n, size), check_layers(layers))
+        gates = two_design_gate_count(site_count(n, size, option="node_size"), check_layers(layers))
         return gates * size * (size - 1) // 2
 
     def reset_parameters(self) -> None:

@@ -44,13 +44,13 @@ from qpeft.unitary.base import StiefelMap, register_mapping
 Schedule = list[tuple[int | None, list[int]]]
 
 
-def site_count(n: int, site_size: int = 2) -> int:
-    """:math:`q` with :math:`n = \\text{site\\_size}^q`, :math:`q\\ge1`; ``ValueError`` otherwise."""
+def site_count(n: int, site_size: int = 2, option: str | None = None) -> int:
+    """:math:`q\\ge1` with :math:`n = \\text{site\\_size}^q`; ``ValueError`` (naming ``option``) otherwise."""
     q, size = 0, 1
     while size < n:
         size, q = size * site_size, q + 1
     if size != n or q == 0:
-        detail = "a power of two >= 2" if site_size == 2 else f"a power of node_size={site_size} (>= node_size)"
+        detail = f"a power of {option}={site_size} (>= {option})" if option else f"a power of {site_size} (>= {site_size})"
         raise ValueError(f"n must be {detail}, got n={n!r}")
     return q
 

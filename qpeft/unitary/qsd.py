@@ -63,7 +63,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qpeft.unitary.base import StiefelMap, build_mapping, mapping_class, register_mapping
+from qpeft.unitary.base import StiefelMap, build_mapping, count_mapping_parameters, register_mapping
+from qpeft.unitary.lie import TaylorMapping, skew_apply
 
 BLOCKS = ("pauli", "taylor")
 ANGLES = ("per_pair", "single_angle", "fixed")
@@ -112,7 +113,7 @@ def _check_angles(angles: Any) -> str:
 
 
 def _block_count(block: str, n: int, k: int, options: dict[str, Any]) -> int:
-    return mapping_class(block).num_parameters(n, k, **options)
+    return count_mapping_parameters(block, n, k, **options)
 
 
 def _factor_count(n: int, k: int, block: str, options: dict[str, Any], angles: str) -> int:
@@ -134,19 +135,28 @@ def _build_factor(n: int, k: int, block: str, options: dict[str, Any], angles: s
     if n == 1:
         return None
     if _is_power_of_two(n):
-        module = build_mapping(block, n, k, **options)
-        if k == n and not callable(getattr(module, "matmul", None)):
-            raise ValueError(f"block={block!r} has no matmul(x); qsd needs it for its left factors")
-        return module
+        return build_mapping(block, n, k, **options)
     return _CSDFactor(n, k, block, options, angles)
+
+
+def _block_matmul(block: StiefelMap, x: Tensor) -> Tensor:
+    """The block's whole ``n x n`` orthogonal matrix times ``x[..., n, m]``."""
+    if isinstance(block, TaylorMapping):  # Horner form of Q_T x (lie.py exposes columns only)
+        a, y = block.theta_block(), x
+        for p in range(block.order, 0, -1):
+            y = x + skew_apply(a, y) / p
+        return y
+    return block.matmul(x)
 
 
 def _factor_times(factor: nn.Module | None, x: Tensor) -> Tensor:
     """``factor @ x`` where ``x[..., r, m]`` holds coefficients of the factor's first ``r`` columns."""
     if factor is None:
         return x
-    if isinstance(factor, _CSDFactor) or x.shape[-2] == factor.n:
+    if isinstance(factor, _CSDFactor):
         return factor.matmul(x)
+    if x.shape[-2] == factor.n:
+        return _block_matmul(factor, x)
     return factor()[:, : x.shape[-2]] @ x
 
 
