@@ -82,7 +82,9 @@ def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
     g = _grouped(x.detach(), check_group_size(group_size))
     if isinstance(bits, Tensor):
         if bits.shape != (g.shape[0],) or bits.min() < 0 or bits.max() > MAX_BITS:
-            raise ValueError(f"bits must have shape ({g.shape[0]},) and values in 0..{MAX_BITS}, got {tuple(bits.shape)}")
+            raise ValueError(
+                f"bits must have shape ({g.shape[0]},) and values in 0..{MAX_BITS}, got {tuple(bits.shape)}"
+            )
         levels = (2 ** bits.to(device=g.device, dtype=torch.long) - 1).to(g.dtype).unsqueeze(-1)
     else:
         levels = torch.full((g.shape[0], 1), 2 ** check_bits(bits) - 1, dtype=g.dtype, device=g.device)
@@ -122,29 +124,32 @@ def adaptive_bits(x: Tensor, bits: int, group_size: int, gamma: float, rule: str
     ranges = group_ranges(x.detach(), group_size).double()
     if gamma == 0:
         return torch.full(ranges.shape, bits, dtype=torch.long, device=ranges.device)
-    log_r = torch.log2(ranges)  # -inf for constant groups
-    finite = log_r[torch.isfinite(log_r)]
-    if finite.numel() == 0:
-        return torch.zeros(ranges.shape, dtype=torch.long, device=ranges.device)
+    log_r = torch.log2(ranges)  # -inf for constant groups (they get 0 bits under both rules)
 
-    def allocate(c: float) -> Tensor:
+    def allocate(c: Tensor) -> Tensor:
         if rule == "log":
             raw = bits + gamma * (log_r - c)
         else:
             raw = bits * torch.exp2(gamma * (log_r - c))
         return raw.clamp(0, MAX_BITS)
 
+    # Bisection on c = log2(r̄), on device and without host syncs: the mean allocation falls with c.
+    finite = torch.isfinite(log_r)
     margin = 64.0 / gamma + 64.0
-    lo, hi = finite.min().item() - margin, finite.max().item() + margin
-    for _ in range(_BISECTION_STEPS):  # allocate(c).mean() decreases with c = log2(r̄)
+    lo = torch.where(finite, log_r, torch.inf).amin().nan_to_num(0.0, 0.0, 0.0) - margin
+    hi = torch.where(finite, log_r, -torch.inf).amax().nan_to_num(0.0, 0.0, 0.0) + margin
+    for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if allocate(mid).mean().item() > bits else (lo, mid)
+        above = allocate(mid).mean() > bits
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     continuous = allocate(0.5 * (lo + hi))
     floor = continuous.floor()
     remainder = continuous - floor
-    extra = int(round(remainder.sum().item()))
-    floor[torch.topk(remainder, extra).indices] += 1
-    return floor.long()
+    # largest-remainder rounding: the round(Σ remainder) groups with the largest remainders get +1
+    order = torch.argsort(remainder, descending=True)
+    positions = torch.arange(remainder.numel(), dtype=remainder.dtype, device=remainder.device)
+    rank = torch.empty_like(remainder).scatter_(0, order, positions)
+    return (floor + (rank < remainder.sum().round()).to(floor.dtype)).long()
 
 
 def storage_bits_per_parameter(bits: float, group_size: int, scale_bits: int = 16) -> float:

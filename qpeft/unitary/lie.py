@@ -28,6 +28,7 @@ diagonal are ignored) and return ``Tensor[..., n, k]``: :func:`taylor_columns`,
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -220,6 +221,15 @@ class _LieMapping(StiefelMap):
         """The strictly lower ``n x K'`` block :math:`\\mathcal L_{:, :K'}`."""
         return lower_block(self.theta, self.n, self.intrinsic_rank, self.index)
 
+    def batch_key(self) -> Hashable:
+        return (type(self), self.n, self.k, self.intrinsic_rank, getattr(self, "order", None))
+
+    @staticmethod
+    def stacked_block(mappings: Sequence[_LieMapping]) -> Tensor:
+        """``Tensor[B, n, K']``: the ``theta_block`` of equal-key mappings, built in one scatter."""
+        first = mappings[0]
+        return lower_block(torch.stack([m.theta for m in mappings]), first.n, first.intrinsic_rank, first.index)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, intrinsic_rank={self.intrinsic_rank}"
 
@@ -264,6 +274,10 @@ class ExpMapping(_LieMapping):
     def forward(self) -> Tensor:
         return exp_columns(self.theta_block(), self.k)
 
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+        return exp_columns(cls.stacked_block(mappings), mappings[0].k)
+
 
 @register_mapping("taylor")
 class TaylorMapping(_SeriesMapping):
@@ -276,6 +290,10 @@ class TaylorMapping(_SeriesMapping):
     def forward(self) -> Tensor:
         return taylor_columns(self.theta_block(), self.k, self.order)
 
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+        return taylor_columns(cls.stacked_block(mappings), mappings[0].k, mappings[0].order)
+
 
 @register_mapping("cayley")
 class CayleyMapping(_LieMapping):
@@ -287,6 +305,10 @@ class CayleyMapping(_LieMapping):
 
     def forward(self) -> Tensor:
         return cayley_columns(self.theta_block(), self.k)
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+        return cayley_columns(cls.stacked_block(mappings), mappings[0].k)
 
 
 @register_mapping("neumann")
@@ -301,3 +323,7 @@ class NeumannMapping(_SeriesMapping):
 
     def forward(self) -> Tensor:
         return neumann_columns(self.theta_block(), self.k, self.order)
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+        return neumann_columns(cls.stacked_block(mappings), mappings[0].k, mappings[0].order)
