@@ -43,6 +43,8 @@ CASES = [
     ("deberta-pauli", tiny_deberta, _ids_input,
      dict(target_modules=DEBERTA_TARGETS, rank=3, mapping="pauli", modules_to_save=["classifier", "pooler"])),
     ("deberta-qsd", tiny_deberta, _ids_input, dict(target_modules=DEBERTA_TARGETS, rank=3, mapping="qsd")),
+    ("mlp-pauli-qat", MLP, _mlp_input,
+     dict(target_modules=["lin1"], rank=4, mapping="pauli", mapping_v="taylor", quant_bits=3, quant_group_size=8)),
     ("bnb4bit-taylor", Linear4bitNet, _bnb_input, dict(target_modules=["q4"], rank=4, mapping="taylor")),
 ]
 IDS = [c[0] for c in CASES]
@@ -194,3 +196,17 @@ def test_unknown_target_and_bad_config_fail_loudly() -> None:
         QPeftConfig(target_modules=["lin0"], mapping="pauli", mapping_options={"layerz": 2})
     with pytest.raises(ValueError, match="fused_modules"):
         QPeftConfig(target_modules=["c_attn"], fused_modules={"c_attn": [3]})
+
+
+def test_qat_forward_sees_quantized_parameters() -> None:
+    """With ``quant_bits=B`` the mapping parameters used in the forward take ≤ 2^B values per group."""
+    _, model, inputs, config = _build(next(c for c in CASES if "qat" in c[0]))
+    _train(model, inputs, steps=3)
+    layer = next(m for _, m in model.qpeft_layers())
+    for mapping in layer.mappings():
+        effective = mapping.theta.detach().flatten()  # the parametrized (fake-quantized) view
+        raw = mapping.parametrizations.theta.original.detach().flatten()
+        assert not torch.equal(effective, raw)
+        for start in range(0, effective.numel(), config.quant_group_size):
+            group = effective[start : start + config.quant_group_size]
+            assert group.unique().numel() <= 2**config.quant_bits
