@@ -34,6 +34,7 @@ The gate-application core :func:`apply_two_design` is shared with the generalize
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -182,6 +183,19 @@ class PauliMap(StiefelMap):
     def matmul(self, x: Tensor) -> Tensor:
         """:math:`Q_P x` with the whole ``n x n`` orthogonal matrix, for ``x[..., n, m]``."""
         return pauli_apply(self.theta, x, self.n_qubits, self.layers, self.signs)
+
+    def batch_key(self) -> Hashable:
+        return (type(self), self.n, self.k, self.layers)
+
+    @staticmethod
+    def stacked_theta(mappings: Sequence[PauliMap]) -> Tensor:
+        """``Tensor[B, P]``: the angles of equal-shape mappings, stacked (differentiable)."""
+        return torch.stack([m.theta for m in mappings])
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[PauliMap]) -> Tensor:
+        first = mappings[0]
+        return pauli_columns(cls.stacked_theta(mappings), first.n_qubits, first.layers, first.k, first.signs)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, k={self.k}, layers={self.layers}"

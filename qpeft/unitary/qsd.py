@@ -58,6 +58,7 @@ an exact truncation of an orthogonal matrix; count = :math:`b(N', K)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ from torch import Tensor, nn
 
 from qpeft.unitary.base import StiefelMap, build_mapping, count_mapping_parameters, register_mapping
 from qpeft.unitary.lie import TaylorMapping, skew_apply
+from qpeft.unitary.pauli import PauliMap, pauli_apply
 
 BLOCKS = ("pauli", "taylor")
 ANGLES = ("per_pair", "single_angle", "fixed")
@@ -160,6 +162,41 @@ def _factor_times(factor: nn.Module | None, x: Tensor) -> Tensor:
     return factor()[:, : x.shape[-2]] @ x
 
 
+def _block_matmul_batched(blocks: Sequence[StiefelMap], x: Tensor) -> Tensor:
+    """``blocks[b]``'s whole orthogonal matrix times ``x[b]``, in one batched call (as ``_block_matmul``)."""
+    first = blocks[0]
+    if isinstance(first, TaylorMapping):
+        a, y = TaylorMapping.stacked_block(blocks), x
+        for p in range(first.order, 0, -1):
+            y = x + skew_apply(a, y) / p
+        return y
+    if isinstance(first, PauliMap):
+        return pauli_apply(PauliMap.stacked_theta(blocks), x, first.n_qubits, first.layers, first.signs)
+    return torch.stack([_block_matmul(b, xb) for b, xb in zip(blocks, x.unbind(0))])
+
+
+def _factors_times_batched(factors: Sequence[nn.Module | None], x: Tensor) -> Tensor:
+    """``factors[b] @ x[b]`` for equal-structure factors, ``x[B, r, m]`` (batched ``_factor_times``)."""
+    first = factors[0]
+    if first is None:
+        return x
+    if isinstance(first, _CSDFactor):
+        return _CSDFactor.matmul_batched(factors, x)
+    if x.shape[-2] == first.n:
+        return _block_matmul_batched(factors, x)
+    return type(first).forward_batched(factors)[..., : x.shape[-2]] @ x
+
+
+def _factor_key(factor: nn.Module | None) -> Hashable:
+    """Everything that fixes the structure of a factor tree: equal keys can be batched."""
+    if factor is None:
+        return None
+    if isinstance(factor, _CSDFactor):
+        children = (factor.u1, factor.u2, factor.w1, factor.w2)
+        return (factor.n, isinstance(factor.phi, nn.Parameter), factor.phi.shape, *map(_factor_key, children))
+    return factor.batch_key()
+
+
 class _CSDFactor(nn.Module):
     """One level of Eq. 4 of size ``n``, usable on its first ``k`` columns (``k = n``: the whole matrix)."""
 
@@ -193,6 +230,17 @@ class _CSDFactor(nn.Module):
         phi = self.phi.expand(self.n - n1).to(top.dtype)
         top, bottom = cs_mix(top, bottom, phi)
         return torch.cat([_factor_times(self.u1, top), _factor_times(self.u2, bottom)], dim=-2)
+
+    @staticmethod
+    def matmul_batched(factors: Sequence[_CSDFactor], x: Tensor) -> Tensor:
+        """``factors[b].matmul(x[b])`` for equal-structure factors in one pass, ``x[B, r, m]``."""
+        first, n1 = factors[0], factors[0].n1
+        top = _factors_times_batched([f.w1 for f in factors], x[..., :n1, :])
+        bottom = _factors_times_batched([f.w2 for f in factors], x[..., n1:, :]) if x.shape[-2] > n1 else None
+        phi = torch.stack([f.phi for f in factors]).expand(len(factors), first.n - n1).to(top.dtype)
+        top, bottom = cs_mix(top, bottom, phi)
+        u1 = _factors_times_batched([f.u1 for f in factors], top)
+        return torch.cat([u1, _factors_times_batched([f.u2 for f in factors], bottom)], dim=-2)
 
 
 @register_mapping("qsd")
@@ -235,6 +283,18 @@ class QSDMap(StiefelMap):
         ref = next(self.parameters())
         return self.root.matmul(torch.eye(self.k, dtype=ref.dtype, device=ref.device))
 
+    def batch_key(self) -> Hashable:
+        return (type(self), self.n, self.k, _factor_key(self.root))
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[QSDMap]) -> Tensor:
+        roots = [m.root for m in mappings]
+        if not isinstance(roots[0], _CSDFactor):
+            return type(roots[0]).forward_batched(roots)
+        ref, k = next(mappings[0].parameters()), mappings[0].k
+        eye = torch.eye(k, dtype=ref.dtype, device=ref.device).expand(len(mappings), k, k)
+        return _CSDFactor.matmul_batched(roots, eye)
+
     def extra_repr(self) -> str:
         return f"n={self.n}, k={self.k}, angles={self.angles!r}"
 
@@ -269,3 +329,16 @@ class PadMap(StiefelMap):
         q, r = torch.linalg.qr(x[: self.n])
         sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)
         return q * sign
+
+    def batch_key(self) -> Hashable:
+        return (type(self), self.n, self.k, self.block.batch_key())
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[PadMap]) -> Tensor:
+        x = type(mappings[0].block).forward_batched([m.block for m in mappings])
+        n = mappings[0].n
+        if x.shape[-2] == n:
+            return x
+        q, r = torch.linalg.qr(x[..., :n, :])
+        sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)
+        return q * sign.unsqueeze(-2)
