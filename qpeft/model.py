@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from qpeft.batching import FactorBatcher
 from qpeft.config import CONFIG_NAME, QPeftConfig
 from qpeft.io import atomic_write
-from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, base_layer_kind
+from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, base_layer_kind, base_layer_shape
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -68,7 +69,14 @@ def inject(model: nn.Module, config: QPeftConfig) -> list[str]:
     """Replace every targeted layer by a ``QPeftLayer`` and wrap ``modules_to_save``; returns the adapted names."""
     names = []
     for name, module in find_targets(model, config):
-        _set_submodule(model, name, QPeftLayer(module, config, fused_slices(name, config)))
+        try:
+            layer = QPeftLayer(module, config, fused_slices(name, config))
+        except ValueError as err:
+            raise ValueError(
+                f"cannot adapt {name!r} (out x in = {base_layer_shape(module)}): {err}. For widths that are not "
+                "powers of two use mapping='qsd' (Eq. 4) or 'pad' (see qpeft.unitary)"
+            ) from err
+        _set_submodule(model, name, layer)
         names.append(name)
     for name, module in list(model.named_modules()):
         if any(_suffix_match(name, s) for s in config.modules_to_save) and not isinstance(module, ModulesToSave):
@@ -116,16 +124,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 class QPeftModel(nn.Module):
-    """A base model with Quantum-PEFT adapters, with the ergonomics of ``peft.PeftModel``."""
+    """A base model with Quantum-PEFT adapters, with the ergonomics of ``peft.PeftModel``.
 
-    def __init__(self, model: nn.Module, config: QPeftConfig) -> None:
+    ``batch_factors`` (default on): ``forward`` builds the ``U``/``V`` of all adapter layers together,
+    grouped by mapping and shape (``qpeft.batching``), instead of layer by layer (without gradients:
+    only stale eval caches); same values and gradients.  ``compile_factors`` wraps that build in
+    ``torch.compile``.
+    """
+
+    def __init__(
+        self, model: nn.Module, config: QPeftConfig, batch_factors: bool = True, compile_factors: bool = False
+    ) -> None:
         super().__init__()
         self.base_model = model
         self.qpeft_config = config
         self.adapted_modules = inject(model, config)
+        self.batch_factors = batch_factors
+        self._batcher = FactorBatcher(compile=compile_factors)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+        if not self.batch_factors:
+            return self.base_model(*args, **kwargs)
+        with self._batcher.precomputed(layer for _, layer in self.qpeft_layers()):
+            return self.base_model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -217,6 +238,9 @@ class QPeftModel(nn.Module):
                 m.disabled = state
 
 
-def get_qpeft_model(model: nn.Module, config: QPeftConfig) -> QPeftModel:
-    """Inject Quantum-PEFT adapters into ``model`` as ``config`` says; only adapter tensors stay trainable."""
-    return QPeftModel(model, config)
+def get_qpeft_model(model: nn.Module, config: QPeftConfig, **options: Any) -> QPeftModel:
+    """Inject Quantum-PEFT adapters into ``model`` as ``config`` says; only adapter tensors stay trainable.
+
+    ``options``: ``batch_factors`` / ``compile_factors`` of :class:`QPeftModel`.
+    """
+    return QPeftModel(model, config, **options)

@@ -57,12 +57,17 @@ def _model(record: dict[str, Any]) -> str:
     return record["run_info"]["config"].get("model", {}).get("name", "?")
 
 
+def _tag(record: dict[str, Any]) -> str:
+    """Sweep tag of the record (e.g. ``--lr0.006``); '' for the protocol's own runs."""
+    return record["run_info"]["config"].get("record_tag") or ""
+
+
 def table2(records: list[dict[str, Any]]) -> str:
     """GLUE on DeBERTaV3-base: paper | ours per method and task."""
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         experiment = r["run_info"]["experiment"]
-        if _model(r) == "deberta_v3_base" and experiment.startswith("glue_"):
+        if _model(r) == "deberta_v3_base" and experiment.startswith("glue_") and not _tag(r):
             cells[(r["run_info"]["method"], experiment.removeprefix("glue_"))].append(r)
     lines = [
         "# Table 2: GLUE dev, DeBERTaV3-base (paper / ours, mean ± std over seeds of the best epoch)",
@@ -84,11 +89,11 @@ def table2(records: list[dict[str, Any]]) -> str:
 
 
 def demo_table(records: list[dict[str, Any]]) -> str:
-    """Every non-paper-model GLUE record (e.g. the MiniLM demo): one row per experiment × method."""
+    """Records outside Table 2 (other models such as the MiniLM demo, and tagged sweep points)."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in records:
-        if _model(r) != "deberta_v3_base":
-            groups[(r["run_info"]["experiment"], _model(r), r["run_info"]["method"])].append(r)
+        if _model(r) != "deberta_v3_base" or _tag(r):
+            groups[(r["run_info"]["experiment"], _model(r), r["run_info"]["method"] + _tag(r))].append(r)
     lines = ["# Other runs (demo and small models; not paper numbers)", "",
              "| experiment | model | method | trainable params | best metric | ms/step | adapter bytes | records |",
              "|---|---|---|---|---|---|---|---|"]
