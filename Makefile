@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# OpenMP threads that spin-wait made steps 5-7x slower on a busy 2-core machine
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help install test test-fast demo bench tables smoke clean-logs
 

@@ -73,5 +73,7 @@ def glue_metrics(subtask: str, preds: Sequence[float], labels: Sequence[float]) 
     if subtask not in SUBTASK_METRICS:
         raise ValueError(f"unknown GLUE subtask {subtask!r}; valid: {sorted(SUBTASK_METRICS)}")
     if len(preds) != len(labels) or len(preds) == 0:
-        raise ValueError(f"need equally many, and at least one, predictions and labels; got {len(preds)} and {len(labels)}")
+        raise ValueError(
+            f"need equally many, and at least one, predictions and labels; got {len(preds)} and {len(labels)}"
+        )
     return {name: _FUNCTIONS[name](preds, labels) for name in SUBTASK_METRICS[subtask]}

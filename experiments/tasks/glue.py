@@ -92,12 +92,12 @@ def read_tsv(path: Path, spec: SubtaskSpec) -> list[Example]:
         header = list(spec.columns) if spec.columns else next(reader, [])
         missing = [c for c in (*spec.text_cols, spec.label_col) if c not in header]
         if missing:
-            raise ValueError(f"{path}:1: header {header} lacks column(s) {missing}")
+            raise ValueError(f"{path}, line 1: header {header} lacks column(s) {missing}")
         idx = [header.index(c) for c in spec.text_cols]
         label_idx = header.index(spec.label_col)
         rows: list[Example] = []
         for row in reader:
-            where = f"{path}:{reader.line_num}"
+            where = f"{path}, line {reader.line_num}"
             if len(row) != len(header):
                 raise ValueError(f"{where}: expected {len(header)} tab-separated fields, found {len(row)}")
             rows.append((tuple(row[i] for i in idx), _parse_label(row[label_idx], spec, where)))
@@ -148,15 +148,18 @@ class GlueTask(Task):
     def local_dir(self) -> Path:
         return Path(self.cfg.data_dir) / self.spec.dirname
 
+    def _missing(self, absent: list[str]) -> str:
+        return (
+            f"GLUE {self.subtask} data not found: missing {absent}. Put the official GLUE files "
+            f"(https://gluebenchmark.com/tasks) at {self.local_dir()}/, or use task.source=hub with internet "
+            f"(datasets.load_dataset('nyu-mll/glue', '{self.subtask}')). data/glue/SOURCE.md lists what ships."
+        )
+
     def _load_local(self) -> dict[str, list[Example]]:
         files = {"train": self.local_dir() / "train.tsv", "val": self.local_dir() / self.spec.dev_file}
         absent = [str(p) for p in files.values() if not p.is_file()]
         if absent:
-            raise FileNotFoundError(
-                f"GLUE {self.subtask} data not found: missing {absent}. Put the official GLUE files "
-                f"(https://gluebenchmark.com/tasks) at {self.local_dir()}/, or use task.source=hub with internet "
-                f"(datasets.load_dataset('nyu-mll/glue', '{self.subtask}')). data/glue/SOURCE.md lists what ships."
-            )
+            raise FileNotFoundError(self._missing(absent))
         return {split: read_tsv(path, self.spec) for split, path in files.items()}
 
     def _load_hub(self) -> dict[str, list[Example]]:
@@ -179,8 +182,15 @@ class GlueTask(Task):
     def load_splits(self) -> dict[str, list[Example]]:
         """Raw ``{"train", "val"}`` examples (cached), truncated to ``max_*_samples`` (first N rows)."""
         if self._splits is None:
-            local = self.cfg.source == "local" or (self.cfg.source == "auto" and self.local_dir().is_dir())
-            splits = self._load_local() if local else self._load_hub()
+            if self.cfg.source == "local" or (self.cfg.source == "auto" and self.local_dir().is_dir()):
+                splits = self._load_local()
+            elif self.cfg.source == "hub":
+                splits = self._load_hub()
+            else:  # auto without local files: the Hub, and if that fails too, say where the files go
+                try:
+                    splits = self._load_hub()
+                except RuntimeError as err:
+                    raise FileNotFoundError(f"{self._missing([str(self.local_dir())])} Hub fallback: {err}") from err
             limits = {"train": self.cfg.get("max_train_samples"), "val": self.cfg.get("max_eval_samples")}
             self._splits = {k: v[: limits[k]] if limits[k] else v for k, v in splits.items()}
         return self._splits
@@ -197,7 +207,7 @@ class GlueTask(Task):
         self.pad_token_id = tokenizer.pad_token_id
         out: dict[str, Dataset] = {}
         for split, rows in self.load_splits().items():
-            columns = list(zip(*(texts for texts, _ in rows)))
+            columns = [list(col) for col in zip(*(texts for texts, _ in rows))]
             enc = tokenizer(*columns, truncation=True, max_length=self.cfg.max_length, padding=False)
             keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
             out[split] = TokenizedDataset({k: enc[k] for k in keep}, [y for _, y in rows])
@@ -226,7 +236,9 @@ class GlueTask(Task):
         return F.cross_entropy(logits.float(), labels, reduction="none")
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Any, split: str = "val") -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, loader: DataLoader, accelerator: Any, split: str = "val"
+    ) -> dict[str, float]:
         """Loss and GLUE metrics over ``loader``; ``accelerator=None`` skips the cross-process gather."""
         was_training = model.training
         model.eval()

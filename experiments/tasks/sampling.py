@@ -10,10 +10,10 @@ Use it as a ``batch_sampler``::
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=task.collate)
 
 Determinism: epoch ``e`` uses ``torch.Generator().manual_seed(seed + e)``. Call ``set_epoch(e)`` before
-each epoch (Accelerate's ``DataLoaderShard.set_epoch`` forwards to it); without calls, every new
-iteration advances the epoch by one. Under DDP, ``accelerator.prepare`` wraps it in
-``BatchSamplerShard``, which deals whole batches round-robin to the ranks; each rank builds the same
-batch list from the same seed, so batches stay disjoint across ranks.
+each epoch (the harness loop does); without calls, every new iteration advances the epoch by one.
+DDP: ``accelerator.prepare`` wraps it in ``BatchSamplerShard``. Every rank builds the same batch list
+from the same seed, so with ``split_batches=True`` (our loop) each rank takes its slice of every
+batch, and with ``split_batches=False`` the ranks take whole batches in turn; either way they stay disjoint.
 """
 
 from __future__ import annotations

@@ -81,3 +81,17 @@ def test_task_exposes_sampler(rte_sets) -> None:
     sampler = task.train_batch_sampler(sets["train"], batch_size=8, seed=3)
     loader = torch.utils.data.DataLoader(sets["train"], batch_sampler=sampler, collate_fn=task.collate)
     assert sum(len(b["labels"]) for b in loader) == 64
+
+
+@pytest.mark.parametrize("split_batches", [True, False])
+def test_sampler_shards_disjointly_under_ddp(split_batches: bool) -> None:
+    """Accelerate's BatchSamplerShard (what prepare() wraps it in) gives 2 ranks disjoint, complete data."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    def rank_indices(rank: int) -> list[int]:  # each rank owns its sampler, built from the same seed
+        sampler = LengthGroupedBatchSampler(list(range(96)), batch_size=16, seed=0, drop_last=True)
+        shard = BatchSamplerShard(sampler, num_processes=2, process_index=rank, split_batches=split_batches)
+        return [i for batch in shard for i in batch]
+
+    ranks = [rank_indices(0), rank_indices(1)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == list(range(96))

@@ -28,6 +28,16 @@ def test_wordpiece_is_deterministic_with_pair_template() -> None:
     assert a.convert_ids_to_tokens(enc["input_ids"]).count("[SEP]") == 2 and a.pad_token_id == 0
 
 
+class FakeAccelerator:
+    """Counts ``gather_for_metrics`` calls; a single process gathers to itself."""
+
+    calls = 0
+
+    def gather_for_metrics(self, tensors):
+        self.calls += 1
+        return tensors
+
+
 @pytest.mark.parametrize("subtask", ["rte", "stsb"])
 def test_tiny_deberta_trains_and_evaluates(tiny_model_cfg, subtask: str) -> None:
     task = GlueTask(task_cfg(subtask, max_train_samples=64, max_eval_samples=32))
@@ -39,7 +49,9 @@ def test_tiny_deberta_trains_and_evaluates(tiny_model_cfg, subtask: str) -> None
     loss = task.compute_loss(model, batch)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    metrics = task.evaluate(model, DataLoader(sets["val"], batch_size=16, collate_fn=task.collate), None)
+    acc = FakeAccelerator()
+    metrics = task.evaluate(model, DataLoader(sets["val"], batch_size=16, collate_fn=task.collate), acc)
+    assert acc.calls == 2  # 32 dev rows / 16
     expected = {"val/pearson", "val/spearman", "val/loss"} if subtask == "stsb" else {"val/acc", "val/loss"}
     assert set(metrics) == expected and model.training
 
