@@ -94,6 +94,7 @@ class QPeftLayer(nn.Module):
         self.merged = False
         self.disabled = False
         self._cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._precomputed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # set by qpeft.batching
         self._to_base_device()
 
     def _register_qat(self, config: QPeftConfig) -> None:
@@ -112,20 +113,28 @@ class QPeftLayer(nn.Module):
         return [*self.qpeft_u, *self.qpeft_v]
 
     # ---------------------------------------------------------------- factors
+    def cache_is_valid(self) -> bool:
+        """Whether the eval cache holds the factors of the current parameters."""
+        return self._cache is not None and self._cache[0] == self._param_versions()
+
     def _param_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.parameters() if p.requires_grad or p is self.qpeft_lambda)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_big, V_big)``: ``U_big`` is ``out x (S·K)`` (slice ``s`` in its rows), ``V_big`` is ``in x (S·K)``.
 
-        Built once per call; reused while gradients are off and no parameter changed (eval mode).
+        Built once per call, or taken from the model's batched build (``_precomputed``, see
+        ``qpeft.batching``); reused while gradients are off and no parameter changed (eval mode).
         """
         cacheable = not torch.is_grad_enabled()
-        if cacheable and self._cache is not None and self._cache[0] == self._param_versions():
+        if cacheable and self.cache_is_valid():
             return self._cache[1], self._cache[2]
-        us = [u() for u in self.qpeft_u]
-        vs = [v() for v in self.qpeft_v]
-        v_big = torch.cat(vs, dim=1)
+        if self._precomputed is not None:
+            us, vs = self._precomputed
+        else:
+            us = [u() for u in self.qpeft_u]
+            vs = [v() for v in self.qpeft_v]
+        v_big = vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
         if len(us) == 1 and self.num_parts == 1:
             u_big = us[0]
         else:

@@ -128,19 +128,25 @@ class QPeftModel(nn.Module):
 
     ``batch_factors`` (default on): ``forward`` builds the ``U``/``V`` of all adapter layers together,
     grouped by mapping and shape (``qpeft.batching``), instead of layer by layer (without gradients:
-    only stale eval caches); same values and gradients.  ``compile_factors`` wraps that build in
+    only stale eval caches); same values and gradients.  ``checkpoint_factors`` (default on) rebuilds
+    them in the backward instead of keeping their activations; ``compile_factors`` wraps the build in
     ``torch.compile``.
     """
 
     def __init__(
-        self, model: nn.Module, config: QPeftConfig, batch_factors: bool = True, compile_factors: bool = False
+        self,
+        model: nn.Module,
+        config: QPeftConfig,
+        batch_factors: bool = True,
+        checkpoint_factors: bool = True,
+        compile_factors: bool = False,
     ) -> None:
         super().__init__()
         self.base_model = model
         self.qpeft_config = config
         self.adapted_modules = inject(model, config)
         self.batch_factors = batch_factors
-        self._batcher = FactorBatcher(compile=compile_factors)
+        self._batcher = FactorBatcher(checkpoint=checkpoint_factors, compile=compile_factors)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self.batch_factors:
@@ -241,6 +247,6 @@ class QPeftModel(nn.Module):
 def get_qpeft_model(model: nn.Module, config: QPeftConfig, **options: Any) -> QPeftModel:
     """Inject Quantum-PEFT adapters into ``model`` as ``config`` says; only adapter tensors stay trainable.
 
-    ``options``: ``batch_factors`` / ``compile_factors`` of :class:`QPeftModel`.
+    ``options``: ``batch_factors``, ``checkpoint_factors``, ``compile_factors`` of :class:`QPeftModel`.
     """
     return QPeftModel(model, config, **options)

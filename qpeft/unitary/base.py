@@ -12,7 +12,7 @@ i.e. an ``n x k`` matrix with orthonormal columns.  Every mapping is an ``nn.Mod
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -106,6 +106,23 @@ class StiefelMap(nn.Module, ABC):
     @abstractmethod
     def reset_parameters(self) -> None:
         """Re-draw the intrinsic parameters from the initialisation the options describe."""
+
+    def batch_key(self) -> Hashable:
+        """Mappings with equal keys can be built together by one ``forward_batched`` call.
+
+        The default (class and shape) suits the default ``forward_batched``; a subclass with a real
+        batched core adds every option its core depends on.
+        """
+        return (type(self), self.n, self.k)
+
+    @classmethod
+    def forward_batched(cls, mappings: Sequence[StiefelMap]) -> torch.Tensor:
+        """``Tensor[B, n, k]`` whose ``i``-th matrix is ``mappings[i]()``; all share one ``batch_key``.
+
+        Default: one ``forward`` per mapping.  Subclasses override it with one batched call of their
+        functional core on the stacked parameters (differentiable, same values as ``forward``).
+        """
+        return torch.stack([m() for m in mappings])
 
     def unitarity_error(self) -> torch.Tensor:
         """Frobenius norm of ``UᵀU - I`` (a 0-dim tensor, no gradient)."""

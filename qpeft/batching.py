@@ -1,0 +1,106 @@
+"""Build every adapter factor of a model in a few batched calls, once per forward pass.
+
+A DeBERTa-base model has 72 adapted matrices and 144 factor mappings; built one by one that is
+thousands of tiny ops per step.  Here the mappings of all active ``QPeftLayer``s are grouped by
+``(batch_key, dtype, device)``; each group is built by one ``forward_batched`` call (its
+parameters stacked, so gradients flow back to every mapping) and its result is unbound into the
+per-layer factors, which the layers pick up through ``QPeftLayer._precomputed``.  Values and
+gradients equal those of the per-layer path.  Without gradients only stale eval caches are rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Iterable, Iterator
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor
+
+from qpeft.layers import QPeftLayer
+from qpeft.unitary.base import StiefelMap
+
+#: ``(layer index, side 0=U / 1=V, slot)``: where a built factor goes.
+Slot = tuple[int, int, int]
+Group = tuple[type[StiefelMap], list[StiefelMap], list[Slot]]
+
+
+def group_key(mapping: StiefelMap) -> Hashable:
+    """The mapping's ``batch_key`` plus the dtype and device of its parameters."""
+    ref = next(mapping.parameters(), None)
+    return mapping.batch_key(), None if ref is None else (ref.dtype, ref.device)
+
+
+def plan_groups(layers: list[QPeftLayer]) -> list[Group]:
+    """Every factor mapping of ``layers``, grouped by :func:`group_key` (first-seen order)."""
+    groups: dict[Hashable, Group] = {}
+    for i, layer in enumerate(layers):
+        for side, mappings in enumerate((layer.qpeft_u, layer.qpeft_v)):
+            for slot, mapping in enumerate(mappings):
+                _, members, slots = groups.setdefault(group_key(mapping), (type(mapping), [], []))
+                members.append(mapping)
+                slots.append((i, side, slot))
+    return list(groups.values())
+
+
+def build_group(cls: type[StiefelMap], mappings: list[StiefelMap]) -> tuple[Tensor, ...]:
+    """The factors of one group, one per mapping (a group of one skips stacking)."""
+    if len(mappings) == 1:
+        return (mappings[0](),)
+    return cls.forward_batched(mappings).unbind(0)
+
+
+class FactorBatcher:
+    """Precomputes the factors of a model's active adapter layers for one forward pass.
+
+    ``checkpoint=True`` (default) keeps no construction activations for the backward: each group is
+    rebuilt there from its parameters (``torch.utils.checkpoint``), trading the cheap construction
+    forward (about a third of its forward+backward) for ~100 MiB on DeBERTa-base with Pauli
+    factors.  ``compile=True`` wraps :func:`build_group` in ``torch.compile``.
+    """
+
+    def __init__(self, checkpoint: bool = True, compile: bool = False) -> None:
+        self.checkpoint = checkpoint
+        self._build: Callable[[type[StiefelMap], list[StiefelMap]], tuple[Tensor, ...]] = (
+            torch.compile(build_group, dynamic=False) if compile else build_group
+        )
+        self._plan: tuple[tuple[Hashable, ...], list[Group]] | None = None
+
+    def _build_group(self, cls: type[StiefelMap], mappings: list[StiefelMap]) -> tuple[Tensor, ...]:
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._build, cls, mappings, use_reentrant=False)
+        return self._build(cls, mappings)
+
+    def build(self, layers: list[QPeftLayer]) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """``(us, vs)`` per layer, as ``QPeftLayer.qpeft_u`` / ``qpeft_v`` would produce them."""
+        key = tuple((id(layer), layer.qpeft_lambda.dtype, layer.qpeft_lambda.device) for layer in layers)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_groups(layers))
+        out: list[tuple[list[Tensor], list[Tensor]]] = [
+            ([None] * len(layer.qpeft_u), [None] * len(layer.qpeft_v)) for layer in layers  # type: ignore[list-item]
+        ]
+        for cls, mappings, slots in self._plan[1]:
+            for (i, side, slot), factor in zip(slots, self._build_group(cls, mappings)):
+                out[i][side][slot] = factor
+        return out
+
+    @contextlib.contextmanager
+    def precomputed(self, layers: Iterable[QPeftLayer]) -> Iterator[None]:
+        """Within the context, every active layer (not merged, not disabled) uses the batched factors.
+
+        While gradients are off only layers whose eval cache is stale are built (and then cached).
+        """
+        training = torch.is_grad_enabled()
+        active = [
+            layer for layer in layers if not (layer.merged or layer.disabled) and (training or not layer.cache_is_valid())
+        ]
+        if not active:
+            yield
+            return
+        for layer, factors in zip(active, self.build(active)):
+            layer._precomputed = factors
+        try:
+            yield
+        finally:
+            for layer in active:
+                layer._precomputed = None
