@@ -38,7 +38,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qpeft import QPeftConfig, get_qpeft_model  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
-from qpeft.model import QPeftModel  # noqa: E402
 
 DEBERTA_TARGETS = r".*\.layer\.\d+\.(attention\.self\.(query|key|value)_proj|attention\.output\.dense|intermediate\.dense|output\.dense)"
 QPEFT_MAPPINGS = {  # DeBERTa sizes 768 / 3072 are not powers of two: Pauli runs through pad or qsd there

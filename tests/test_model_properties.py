@@ -6,7 +6,6 @@ merge == unmerged, ``merge_and_unload`` leaves no wrapper, disabling gives the b
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 

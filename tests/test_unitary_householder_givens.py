@@ -10,28 +10,11 @@ from qpeft.unitary import build_mapping, count_mapping_parameters
 from qpeft.unitary.givens import givens_columns, givens_schedule
 from qpeft.unitary.householder import householder_columns
 from qpeft.unitary.lie import lie_count, lower_block
+from tests.unitary_helpers import adam_steps, ortho_error
 
 MAPS = ("householder", "givens")
 SHAPES_SMALL = [(n, k) for n in (2, 8, 64) for k in (1, 3, 16) if k <= n]
 F64 = torch.float64
-
-
-def ortho_error(u: torch.Tensor) -> float:
-    eye = torch.eye(u.shape[-1], dtype=u.dtype)
-    return torch.linalg.matrix_norm(u.mT @ u - eye).max().item()
-
-
-def adam_errors(module: torch.nn.Module, lr: float = 1e-2, steps: int = 3) -> list[float]:
-    with torch.no_grad():
-        target = torch.randn_like(module())
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    errors = [ortho_error(module().detach())]
-    for _ in range(steps):
-        opt.zero_grad()
-        (module() * target).sum().backward()
-        opt.step()
-        errors.append(ortho_error(module().detach()))
-    return errors
 
 
 def householder_reference(vectors: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,12 +42,12 @@ def givens_reference(theta: torch.Tensor, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", MAPS)
 @pytest.mark.parametrize("n, k", SHAPES_SMALL)
 def test_orthonormal_small(name: str, n: int, k: int) -> None:
-    assert max(adam_errors(build_mapping(name, n, k))) < 1e-5
+    assert max(adam_steps(build_mapping(name, n, k))) < 1e-5
 
 
 @pytest.mark.parametrize("n", (768, 1024))
 def test_householder_large_float32(n: int) -> None:
-    assert max(adam_errors(build_mapping("householder", n, 16))) < 1e-5
+    assert max(adam_steps(build_mapping("householder", n, 16))) < 1e-5
 
 
 @pytest.mark.parametrize("n", (768, 1024))
@@ -72,7 +55,7 @@ def test_givens_large(n: int) -> None:
     # n + K - 2 sequential float32 rotation steps drift by ~sqrt(n) eps per column (~1e-5 in
     # Frobenius at K = 16), so the exactness check at this size runs in float64.
     module = build_mapping("givens", n, 16).double()
-    assert max(adam_errors(module)) < 1e-10
+    assert max(adam_steps(module)) < 1e-10
     assert ortho_error(module.float()().detach()) < 1e-4
 
 

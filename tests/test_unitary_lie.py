@@ -18,6 +18,7 @@ from qpeft.unitary.lie import (
     taylor_columns,
     taylor_dense,
 )
+from tests.unitary_helpers import adam_steps, ortho_error
 
 LIE = ("exp", "taylor", "cayley", "neumann")
 SHAPES_SMALL = [(n, k) for n in (2, 8, 64) for k in (1, 3, 16) if k <= n]
@@ -25,28 +26,6 @@ SHAPES_LARGE = [(n, k) for n in (768, 1024) for k in (1, 3, 16)]
 F64 = torch.float64
 
 
-def ortho_error(u: torch.Tensor) -> float:
-    eye = torch.eye(u.shape[-1], dtype=u.dtype)
-    return torch.linalg.matrix_norm(u.mT @ u - eye).max().item()
-
-
-def adam_steps(module: torch.nn.Module, lr: float, steps: int = 3) -> list[float]:
-    """Errors at init and after each of ``steps`` Adam steps on a fixed random linear loss."""
-    with torch.no_grad():
-        target = torch.randn_like(module())
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    errors = [ortho_error(module().detach())]
-    for _ in range(steps):
-        opt.zero_grad()
-        (module() * target).sum().backward()
-        opt.step()
-        u = module().detach()
-        assert u.shape == (module.n, module.k)
-        errors.append(ortho_error(u))
-    return errors
-
-
-# Neumann diverges once ‖S‖₂ ≥ 1, so its steps are small (see NeumannMapping's docstring).
 LR = {"exp": 1e-2, "taylor": 1e-2, "cayley": 1e-2, "neumann": 1e-3}
 
 

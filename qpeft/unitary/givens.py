@@ -27,10 +27,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from qpeft.unitary.base import StiefelMap, register_mapping
-from qpeft.unitary.lie import DEFAULT_INIT_STD, check_init_std, lie_count, lower_block, lower_index
+from qpeft.unitary.base import register_mapping
+from qpeft.unitary.lie import DEFAULT_INIT_STD, LowerEntries
 
 
 class GivensSchedule(NamedTuple):
@@ -77,36 +77,22 @@ def givens_columns(theta: Tensor, k: int, schedule: GivensSchedule | None = None
 
 
 @register_mapping("givens")
-class GivensMapping(StiefelMap):
+class GivensMapping(LowerEntries):
     r"""Product of :math:`nK - K(K+1)/2` Givens (RY) rotations applied to :math:`I[:, :K]`.
 
     Angles :math:`\theta_{ij}\sim\mathcal N(0, \sigma^2)`, :math:`\sigma` = ``init_std``
     (``0`` gives U = I[:, :K]).  Options: ``init_std`` (0.01).  Count: :math:`nK - K(K+1)/2`.
     """
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"init_std": DEFAULT_INIT_STD}
+    OPTIONS: ClassVar[dict[str, Any]] = {"init_std": DEFAULT_INIT_STD}  # K' = K: no intrinsic_rank
 
     def __init__(self, n: int, k: int, init_std: float = DEFAULT_INIT_STD) -> None:
-        super().__init__(n, k)
-        self.init_std = check_init_std(init_std)
-        self.theta = nn.Parameter(torch.empty(lie_count(n, k)))
-        self.register_buffer("index", lower_index(n, k), persistent=False)
+        super().__init__(n, k, init_std=init_std)
         schedule = givens_schedule(n, k)
         self.register_buffer("first", schedule.first, persistent=False)
         self.register_buffer("second", schedule.second, persistent=False)
         self.bounds = schedule.bounds
-        self.reset_parameters()
-
-    @staticmethod
-    def num_parameters(n: int, k: int, **options: Any) -> int:
-        check_init_std(options.get("init_std", DEFAULT_INIT_STD))
-        return lie_count(n, k)
-
-    def reset_parameters(self) -> None:
-        """Angles ~ N(0, init_std²)."""
-        with torch.no_grad():
-            self.theta.normal_(0.0, self.init_std)
 
     def forward(self) -> Tensor:
-        angles = lower_block(self.theta, self.n, self.k, self.index)
+        angles = self.theta_block()
         return givens_columns(angles, self.k, GivensSchedule(self.first, self.second, self.bounds))

@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from qpeft.unitary.base import StiefelMap, register_mapping
-from qpeft.unitary.lie import DEFAULT_INIT_STD, check_init_std, lie_count, lower_block, lower_index
+from qpeft.unitary.base import register_mapping
+from qpeft.unitary.lie import DEFAULT_INIT_STD, LowerEntries
 
 
 def householder_columns(vectors: Tensor, k: int) -> Tensor:
@@ -51,7 +51,7 @@ def householder_columns(vectors: Tensor, k: int) -> Tensor:
 
 
 @register_mapping("householder")
-class HouseholderMapping(StiefelMap):
+class HouseholderMapping(LowerEntries):
     r"""Product of K Householder reflections applied to :math:`I[:, :K]`.
 
     :math:`\ell_j = e_j + \sum_{i>j}\theta_{ij}e_i`, :math:`\theta_{ij}\sim\mathcal N(0,
@@ -59,28 +59,14 @@ class HouseholderMapping(StiefelMap):
     Options: ``init_std`` (0.01).  Count: :math:`nK - K(K+1)/2`.
     """
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"init_std": DEFAULT_INIT_STD}
+    OPTIONS: ClassVar[dict[str, Any]] = {"init_std": DEFAULT_INIT_STD}  # K' = K: no intrinsic_rank
 
     def __init__(self, n: int, k: int, init_std: float = DEFAULT_INIT_STD) -> None:
-        super().__init__(n, k)
-        self.init_std = check_init_std(init_std)
-        self.theta = nn.Parameter(torch.empty(lie_count(n, k)))
-        self.register_buffer("index", lower_index(n, k), persistent=False)
-        self.reset_parameters()
-
-    @staticmethod
-    def num_parameters(n: int, k: int, **options: Any) -> int:
-        check_init_std(options.get("init_std", DEFAULT_INIT_STD))
-        return lie_count(n, k)
-
-    def reset_parameters(self) -> None:
-        """Free entries ~ N(0, init_std²)."""
-        with torch.no_grad():
-            self.theta.normal_(0.0, self.init_std)
+        super().__init__(n, k, init_std=init_std)
 
     def vectors(self) -> Tensor:
         """The unnormalised :math:`\\ell_j` as an ``n x K`` matrix (unit leading entries)."""
-        block = lower_block(self.theta, self.n, self.k, self.index)
+        block = self.theta_block()
         return block + torch.eye(self.n, self.k, dtype=block.dtype, device=block.device)
 
     def forward(self) -> Tensor:

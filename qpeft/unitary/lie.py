@@ -194,8 +194,11 @@ def check_order(order: Any) -> int:
     return order
 
 
-class _LieMapping(StiefelMap):
-    r"""Shared storage: the :math:`nK' - K'(K'+1)/2` free entries of :math:`\Theta` as ``theta``."""
+class LowerEntries(StiefelMap):
+    r"""Shared storage: the :math:`nK' - K'(K'+1)/2` free strictly-lower entries of :math:`\Theta` as ``theta``.
+
+    Base of the Lie-algebra mappings and of Householder/Givens (which use all K columns, K' = K).
+    """
 
     OPTIONS: ClassVar[dict[str, Any]] = {"intrinsic_rank": None, "init_std": DEFAULT_INIT_STD}
 
@@ -225,7 +228,7 @@ class _LieMapping(StiefelMap):
         return (type(self), self.n, self.k, self.intrinsic_rank, getattr(self, "order", None))
 
     @staticmethod
-    def stacked_block(mappings: Sequence[_LieMapping]) -> Tensor:
+    def stacked_block(mappings: Sequence[LowerEntries]) -> Tensor:
         """``Tensor[B, n, K']``: the ``theta_block`` of equal-key mappings, built in one scatter."""
         first = mappings[0]
         return lower_block(torch.stack([m.theta for m in mappings]), first.n, first.intrinsic_rank, first.index)
@@ -234,10 +237,10 @@ class _LieMapping(StiefelMap):
         return f"{super().extra_repr()}, intrinsic_rank={self.intrinsic_rank}"
 
 
-class _SeriesMapping(_LieMapping):
+class _SeriesMapping(LowerEntries):
     """Adds the polynomial ``order`` P of the Taylor and Neumann series."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**_LieMapping.OPTIONS, "order": DEFAULT_ORDER}
+    OPTIONS: ClassVar[dict[str, Any]] = {**LowerEntries.OPTIONS, "order": DEFAULT_ORDER}
 
     def __init__(
         self,
@@ -254,14 +257,14 @@ class _SeriesMapping(_LieMapping):
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
         check_order(options.get("order", DEFAULT_ORDER))
-        return _LieMapping.num_parameters(n, k, **options)
+        return LowerEntries.num_parameters(n, k, **options)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, order={self.order}"
 
 
 @register_mapping("exp")
-class ExpMapping(_LieMapping):
+class ExpMapping(LowerEntries):
     r""":math:`U = \exp(S)[:, :K]` via ``torch.linalg.matrix_exp`` (exact, dense, :math:`O(n^3)`).
 
     The O(n³) reference: in float32 the scaling-and-squaring rounding grows with n
@@ -275,7 +278,7 @@ class ExpMapping(_LieMapping):
         return exp_columns(self.theta_block(), self.k)
 
     @classmethod
-    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+    def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return exp_columns(cls.stacked_block(mappings), mappings[0].k)
 
 
@@ -291,12 +294,12 @@ class TaylorMapping(_SeriesMapping):
         return taylor_columns(self.theta_block(), self.k, self.order)
 
     @classmethod
-    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+    def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return taylor_columns(cls.stacked_block(mappings), mappings[0].k, mappings[0].order)
 
 
 @register_mapping("cayley")
-class CayleyMapping(_LieMapping):
+class CayleyMapping(LowerEntries):
     r""":math:`U = (I+S)(I-S)^{-1}[:, :K]`, exact via Woodbury in :math:`O(nK'K + K'^3)`.
 
     Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01).
@@ -307,7 +310,7 @@ class CayleyMapping(_LieMapping):
         return cayley_columns(self.theta_block(), self.k)
 
     @classmethod
-    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+    def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return cayley_columns(cls.stacked_block(mappings), mappings[0].k)
 
 
@@ -325,5 +328,5 @@ class NeumannMapping(_SeriesMapping):
         return neumann_columns(self.theta_block(), self.k, self.order)
 
     @classmethod
-    def forward_batched(cls, mappings: Sequence[_LieMapping]) -> Tensor:
+    def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return neumann_columns(cls.stacked_block(mappings), mappings[0].k, mappings[0].order)
