@@ -1,6 +1,9 @@
 """Quantum-PEFT vs peft LoRA / AdaLoRA / LoHa / LoKr: train step, peak memory, inference, checkpoint size.
 
-Real-size DeBERTaV3-base and GPT-2 Medium built from their configs (random weights).  All methods
+Real-size DeBERTaV3-base and GPT-2 Medium built from their configs (random weights), and
+DeBERTaV3-base with its 72 adapted matrices quantized to bitsandbytes nf4 (``deberta-v3-base-4bit``,
+a QLoRA-style base; training step and memory only: bnb's CPU inference kernel repacks the shared
+4-bit weights in place, so unmerged/merged inference is not timed for it).  All methods
 of one model share the frozen base weights and are timed round-robin (method order rotated every
 repeat), so drift hits all alike; the median and the spread (min-max) are reported.
 
@@ -24,6 +27,7 @@ import copy
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -42,14 +46,34 @@ from qpeft.io import atomic_write_text  # noqa: E402
 DEBERTA_TARGETS = r".*\.layer\.\d+\.(attention\.self\.(query|key|value)_proj|attention\.output\.dense|intermediate\.dense|output\.dense)"
 QPEFT_MAPPINGS = {  # DeBERTa sizes 768 / 3072 are not powers of two: Pauli runs through pad or qsd there
     "deberta-v3-base": {"pad-pauli": ("pad", {}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
+    "deberta-v3-base-4bit": {"pad-pauli": ("pad", {}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
     "gpt2-medium": {"pauli": ("pauli", {"layers": 1}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
 }
 PEFT_METHODS = ("lora", "adalora", "loha", "lokr")
 
 
+def quantize_4bit(model: nn.Module, pattern: str) -> nn.Module:
+    """Replace every ``nn.Linear`` whose name matches ``pattern`` by a bitsandbytes nf4 ``Linear4bit``."""
+    import bitsandbytes as bnb
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and re.fullmatch(pattern, name):
+            q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                  quant_type="nf4", compute_dtype=torch.float32)
+            q.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type="nf4")
+            if module.bias is not None:
+                q.bias = nn.Parameter(module.bias.data, requires_grad=False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, q.to(module.weight.device))  # .to() quantizes
+    model.is_loaded_in_4bit = True  # as from_pretrained(quantization_config=...) marks it: peft dispatches bnb layers
+    return model
+
+
 def build_base(model: str) -> nn.Module:
     """The real-size model from its config, random weights (seed 0)."""
     torch.manual_seed(0)
+    if model == "deberta-v3-base-4bit":
+        return quantize_4bit(build_base("deberta-v3-base"), DEBERTA_TARGETS)
     if model == "deberta-v3-base":
         from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
@@ -72,6 +96,8 @@ def unsupported(model: str, method: str) -> str | None:
     """Why ``method`` cannot run on ``model`` (peft LoHa/LoKr have no GPT-2 Conv1D), else ``None``."""
     if model == "gpt2-medium" and method in ("loha", "lokr"):
         return "peft LyCORIS layers do not support transformers Conv1D (reference.md §1.6)"
+    if model.endswith("-4bit") and method in ("loha", "lokr"):
+        return "peft LyCORIS layers do not support bitsandbytes 4-bit layers (reference.md §1.11)"
     return None
 
 
@@ -108,7 +134,7 @@ def adapt(base: nn.Module, model: str, method: str, rank: int, total_step: int) 
 def make_batch(model: str, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, 50000, (batch, seq), generator=g)
-    labels = torch.randint(0, 2, (batch,), generator=g) if model == "deberta-v3-base" else ids
+    labels = torch.randint(0, 2, (batch,), generator=g) if model.startswith("deberta") else ids
     return {"input_ids": ids.to(device), "labels": labels.to(device)}
 
 
@@ -218,22 +244,23 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, dict]:
         private = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})  # frozen weights shared
         runners[method] = Runner(adapt(private, model, method, args.rank, args.total_step), method, batch)
         results[method] = {}
-    repeats = args.repeats if model == "deberta-v3-base" else args.repeats_gpt2
+    repeats = args.repeats if model.startswith("deberta") else args.repeats_gpt2
     tasks: dict[str, Callable[[], None]] = {}
     for method, runner in runners.items():
         tasks[f"step/{method}"] = runner.step
         if method.startswith("qpeft-"):
             tasks[f"build/{method}"] = runner.build
     timed = round_robin(tasks, repeats, device)
-    timed |= round_robin({f"infer/{m}": r.infer for m, r in runners.items()}, repeats, device)  # steady eval
-    for method, runner in runners.items():  # merged inference: every adapter folded in (shared W: values moot)
-        if method != "base":
-            runner.net.merge_adapter()
-    merged = round_robin({f"merged/{m}": r.infer for m, r in runners.items()}, repeats, device)
-    for method, runner in runners.items():
-        if method != "base":
-            runner.net.unmerge_adapter()
-    for key, value in {**timed, **merged}.items():
+    if not model.endswith("-4bit"):  # no inference timing on shared 4-bit weights (module docstring)
+        timed |= round_robin({f"infer/{m}": r.infer for m, r in runners.items()}, repeats, device)  # steady eval
+        for method, runner in runners.items():  # merged inference: every adapter folded in (shared W: values moot)
+            if method != "base":
+                runner.net.merge_adapter()
+        timed |= round_robin({f"merged/{m}": r.infer for m, r in runners.items()}, repeats, device)
+        for method, runner in runners.items():
+            if method != "base":
+                runner.net.unmerge_adapter()
+    for key, value in timed.items():
         kind, method = key.split("/", 1)
         results[method][kind] = value
     if not args.skip_memory:
@@ -248,8 +275,9 @@ def add_ratios(results: dict[str, dict]) -> None:
         if "step" not in res:
             continue
         res["step_vs_lora"] = res["step"]["ms"] / lora["step"]["ms"]
-        res["infer_vs_lora"] = res["infer"]["ms"] / lora["infer"]["ms"]
-        res["merged_vs_base"] = res["merged"]["ms"] / base["merged"]["ms"]
+        if "infer" in res:
+            res["infer_vs_lora"] = res["infer"]["ms"] / lora["infer"]["ms"]
+            res["merged_vs_base"] = res["merged"]["ms"] / base["merged"]["ms"]
         if "peak_train_mib" in res and lora.get("peak_train_mib"):
             res["peak_vs_lora"] = res["peak_train_mib"] / lora["peak_train_mib"]
         if "build" in res:
@@ -268,11 +296,13 @@ def table(model: str, results: dict[str, dict]) -> str:
             continue
         build = f"{r['build']['ms']:.1f} ({100 * r['build_share_of_step']:.1f}%)" if "build" in r else ""
         peak = r.get("peak_train_mib")
+        infer = (f"| {r['infer']['ms']:.0f} | {r['infer_vs_lora']:.3f} | {r['merged']['ms']:.0f} "
+                 f"| {r['merged_vs_base']:.3f} " if "infer" in r else "| n/a | | n/a | ")
         lines.append(
             f"| {method} | {r['step']['ms']:.0f} ({r['step']['min']:.0f}–{r['step']['max']:.0f}) | {r['step_vs_lora']:.3f} "
             f"| {'' if peak is None else f'{peak:.0f}'} | {r.get('peak_vs_lora', float('nan')):.2f} "
-            f"| {r['infer']['ms']:.0f} | {r['infer_vs_lora']:.3f} | {r['merged']['ms']:.0f} | {r['merged_vs_base']:.3f} "
-            f"| {r.get('trainable', '')} | {r.get('adapter_bytes', '')} | {build} |"
+            + infer
+            + f"| {r.get('trainable', '')} | {r.get('adapter_bytes', '')} | {build} |"
         )
     return "\n".join(lines)
 
