@@ -32,28 +32,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qpeft.unitary.base import check_int
+
 MAX_BITS = 8
 ADAPTIVE_RULES = ("log", "power")
 INCLUDE_CHOICES = ("all", "linear")
 _BISECTION_STEPS = 80
 
 
-def check_bits(bits: Any) -> int:
-    """A uniform bit width must be an integer in 1..8."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
-    return bits
-
-
-def check_group_size(group_size: Any) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
-    return group_size
 
 
 def num_groups(numel: int, group_size: int) -> int:
     """Number of groups of a tensor with ``numel`` elements (the last one may be partial)."""
-    return -(-numel // check_group_size(group_size))
+    return -(-numel // check_int("group_size", group_size, 1))
 
 
 def _grouped(x: Tensor, group_size: int) -> Tensor:
@@ -79,7 +70,7 @@ def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
     """
     if x.numel() == 0:
         return x.detach().clone()
-    g = _grouped(x.detach(), check_group_size(group_size))
+    g = _grouped(x.detach(), check_int("group_size", group_size, 1))
     if isinstance(bits, Tensor):
         if bits.shape != (g.shape[0],) or bits.min() < 0 or bits.max() > MAX_BITS:
             raise ValueError(
@@ -87,7 +78,7 @@ def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
             )
         levels = (2 ** bits.to(device=g.device, dtype=torch.long) - 1).to(g.dtype).unsqueeze(-1)
     else:
-        levels = torch.full((g.shape[0], 1), 2 ** check_bits(bits) - 1, dtype=g.dtype, device=g.device)
+        levels = torch.full((g.shape[0], 1), 2 ** check_int("bits", bits, 1, MAX_BITS) - 1, dtype=g.dtype, device=g.device)
     low = g.amin(-1, keepdim=True)
     scale = (g.amax(-1, keepdim=True) - low) / levels.clamp_min(1)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -116,7 +107,7 @@ def adaptive_bits(x: Tensor, bits: int, group_size: int, gamma: float, rule: str
     See the module docstring for the ``"log"`` and ``"power"`` rules and the choice of
     :math:`\\bar r`.  ``gamma = 0`` returns ``bits`` for every group.
     """
-    bits = check_bits(bits)
+    bits = check_int("bits", bits, 1, MAX_BITS)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
     if rule not in ADAPTIVE_RULES:
@@ -154,7 +145,7 @@ def adaptive_bits(x: Tensor, bits: int, group_size: int, gamma: float, rule: str
 
 def storage_bits_per_parameter(bits: float, group_size: int, scale_bits: int = 16) -> float:
     """:math:`B + 2\\,b_s/G`: payload bits plus a scale and a zero of ``scale_bits`` per group."""
-    return bits + 2 * scale_bits / check_group_size(group_size)
+    return bits + 2 * scale_bits / check_int("group_size", group_size, 1)
 
 
 def quantized_storage_mib(num_parameters: int, bits: float, group_size: int, scale_bits: int = 16) -> float:
@@ -173,7 +164,7 @@ def quantized_view(
     """
     if bits is None:
         return param
-    return fake_quantize_ste(param, check_bits(bits), group_size, gamma, rule)
+    return fake_quantize_ste(param, check_int("bits", bits, 1, MAX_BITS), group_size, gamma, rule)
 
 
 def _is_linear_like(module: nn.Module) -> bool:
@@ -197,8 +188,8 @@ def quantize_model_weights_(
     :returns: ``num_tensors``, ``num_parameters``, ``bits``, ``group_size``,
         ``bits_per_parameter`` (:math:`B + 32/G`), ``fp32_mib`` and ``quantized_mib``.
     """
-    check_bits(bits)
-    check_group_size(group_size)
+    check_int("bits", bits, 1, MAX_BITS)
+    check_int("group_size", group_size, 1)
     if not callable(include) and include not in INCLUDE_CHOICES:
         raise ValueError(f"include must be one of {list(INCLUDE_CHOICES)} or a callable, got {include!r}")
     seen: set[int] = set()

@@ -21,6 +21,21 @@ from torch import nn
 MAPPINGS: dict[str, type[StiefelMap]] = {}
 
 
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` if it is an integer in ``[low, high]``; else ``ValueError`` naming ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    return value
+
+
+def check_real(name: str, value: Any, low: float) -> float:
+    """``value`` as a float if it is a real number ``>= low``; else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+        raise ValueError(f"{name} must be a real number >= {low:g}, got {value!r}")
+    return float(value)
+
+
 def register_mapping(name: str) -> Callable[[type[StiefelMap]], type[StiefelMap]]:
     """Class decorator: make a mapping buildable by ``build_mapping(name, ...)``."""
 

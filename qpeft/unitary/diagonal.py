@@ -34,17 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qpeft.unitary.base import StiefelMap, register_mapping
-from qpeft.unitary.lie import check_init_std
+from qpeft.unitary.base import StiefelMap, check_real, register_mapping
+
 
 DIAGONAL_KINDS = ("real", "rademacher", "fixed")
 
-
-def check_tau(tau: Any) -> float:
-    """ReinMax needs a temperature ``tau >= 1``."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 1:
-        raise ValueError(f"tau must be a number >= 1 (ReinMax), got {tau!r}")
-    return float(tau)
 
 
 def reinmax(logits: Tensor, tau: float, sample: bool = True, generator: torch.Generator | None = None) -> Tensor:
@@ -52,7 +46,7 @@ def reinmax(logits: Tensor, tau: float, sample: bool = True, generator: torch.Ge
 
     ``sample=False`` uses the argmax instead of a draw from ``softmax(logits)``.
     """
-    tau = check_tau(tau)
+    tau = check_real("tau", tau, 1.0)
     pi0 = logits.softmax(-1)
     if sample:
         flat = pi0.detach().reshape(-1, logits.shape[-1])
@@ -95,8 +89,8 @@ class DiagonalNode(nn.Module):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         self.n = n
         self.kind = check_kind(kind)
-        self.tau = check_tau(tau)
-        self.init_std = check_init_std(init_std)
+        self.tau = check_real("tau", tau, 1.0)
+        self.init_std = check_real("init_std", init_std, 0.0)
         if kind == "fixed":
             self.register_buffer("ones", torch.ones(n), persistent=False)
         else:
@@ -140,7 +134,7 @@ class RademacherMapping(StiefelMap):
 
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
-        check_tau(options.get("tau", 1.0))
+        check_real("tau", options.get("tau", 1.0), 1.0)
         return k
 
     def reset_parameters(self) -> None:

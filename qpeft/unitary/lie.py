@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from qpeft.unitary.base import StiefelMap, register_mapping
+from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mapping
 
 #: Θ ~ N(0, 0.01²): U starts at a small random rotation of I[:, :K] (not exactly at it), and
 #: ‖S‖₂ ≈ 0.01·(√n + √K') stays ≈ 0.4 at n = 1024, where taylor, cayley and neumann reach
@@ -180,18 +180,6 @@ def check_intrinsic_rank(k: int, intrinsic_rank: Any) -> int:
     return intrinsic_rank
 
 
-def check_init_std(init_std: Any) -> float:
-    """``init_std`` must be a real number >= 0."""
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
-        raise ValueError(f"init_std must be a number >= 0, got {init_std!r}")
-    return float(init_std)
-
-
-def check_order(order: Any) -> int:
-    """``order`` (P) must be an integer >= 1."""
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    return order
 
 
 class LowerEntries(StiefelMap):
@@ -205,14 +193,14 @@ class LowerEntries(StiefelMap):
     def __init__(self, n: int, k: int, intrinsic_rank: int | None = None, init_std: float = DEFAULT_INIT_STD) -> None:
         super().__init__(n, k)
         self.intrinsic_rank = check_intrinsic_rank(k, intrinsic_rank)
-        self.init_std = check_init_std(init_std)
+        self.init_std = check_real("init_std", init_std, 0.0)
         self.theta = nn.Parameter(torch.empty(lie_count(n, self.intrinsic_rank)))
         self.register_buffer("index", lower_index(n, self.intrinsic_rank), persistent=False)
         self.reset_parameters()
 
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
-        check_init_std(options.get("init_std", DEFAULT_INIT_STD))
+        check_real("init_std", options.get("init_std", DEFAULT_INIT_STD), 0.0)
         return lie_count(n, check_intrinsic_rank(k, options.get("intrinsic_rank")))
 
     def reset_parameters(self) -> None:
@@ -250,13 +238,13 @@ class _SeriesMapping(LowerEntries):
         init_std: float = DEFAULT_INIT_STD,
         order: int = DEFAULT_ORDER,
     ) -> None:
-        order = check_order(order)
+        order = check_int("order", order, 1)
         super().__init__(n, k, intrinsic_rank=intrinsic_rank, init_std=init_std)
         self.order = order
 
     @staticmethod
     def num_parameters(n: int, k: int, **options: Any) -> int:
-        check_order(options.get("order", DEFAULT_ORDER))
+        check_int("order", options.get("order", DEFAULT_ORDER), 1)
         return LowerEntries.num_parameters(n, k, **options)
 
     def extra_repr(self) -> str:

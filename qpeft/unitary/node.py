@@ -37,11 +37,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qpeft.unitary.base import StiefelMap, register_mapping
+from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mapping
 from qpeft.unitary.pauli import (
     apply_two_design,
-    check_init_std,
-    check_layers,
     site_count,
     two_design_gate_count,
     two_design_signs,
@@ -96,8 +94,8 @@ class NodeMap(StiefelMap):
         super().__init__(n, k)
         self.node_size = _check_node_size(node_size)
         self.n_sites = site_count(n, node_size, option="node_size")
-        self.layers = check_layers(layers)
-        self.init_std = check_init_std(init_std)
+        self.layers = check_int("layers", layers, 0)
+        self.init_std = check_real("init_std", init_std, 0.0)
         gates = two_design_gate_count(self.n_sites, self.layers)
         self.theta = nn.Parameter(torch.empty(gates, node_size * (node_size - 1) // 2))
         self.register_buffer("signs", two_design_signs(self.n_sites, node_size), persistent=False)
@@ -107,9 +105,9 @@ class NodeMap(StiefelMap):
     def num_parameters(
         n: int, k: int, node_size: int = 2, layers: int = 1, init_std: float = math.pi / 4
     ) -> int:
-        check_init_std(init_std)
+        check_real("init_std", init_std, 0.0)
         size = _check_node_size(node_size)
-        gates = two_design_gate_count(site_count(n, size, option="node_size"), check_layers(layers))
+        gates = two_design_gate_count(site_count(n, size, option="node_size"), check_int("layers", layers, 0))
         return gates * size * (size - 1) // 2
 
     def reset_parameters(self) -> None:

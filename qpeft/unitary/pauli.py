@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from qpeft.unitary.base import StiefelMap, register_mapping
+from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mapping
 
 Schedule = list[tuple[int | None, list[int]]]
 
@@ -56,16 +55,6 @@ def site_count(n: int, site_size: int = 2, option: str | None = None) -> int:
     return q
 
 
-def check_layers(layers: Any) -> int:
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
-        raise ValueError(f"layers must be an integer >= 0, got {layers!r}")
-    return layers
-
-
-def check_init_std(init_std: Any) -> float:
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std >= 0:
-        raise ValueError(f"init_std must be a real number >= 0, got {init_std!r}")
-    return float(init_std)
 
 
 def two_design_schedule(n_sites: int, layers: int) -> Schedule:
@@ -162,16 +151,16 @@ class PauliMap(StiefelMap):
     def __init__(self, n: int, k: int, *, layers: int = 1, init_std: float = math.pi / 2) -> None:
         super().__init__(n, k)
         self.n_qubits = site_count(n)
-        self.layers = check_layers(layers)
-        self.init_std = check_init_std(init_std)
+        self.layers = check_int("layers", layers, 0)
+        self.init_std = check_real("init_std", init_std, 0.0)
         self.theta = nn.Parameter(torch.empty(two_design_gate_count(self.n_qubits, self.layers)))
         self.register_buffer("signs", two_design_signs(self.n_qubits), persistent=False)
         self.reset_parameters()
 
     @staticmethod
     def num_parameters(n: int, k: int, layers: int = 1, init_std: float = math.pi / 2) -> int:
-        check_init_std(init_std)
-        return two_design_gate_count(site_count(n), check_layers(layers))
+        check_real("init_std", init_std, 0.0)
+        return two_design_gate_count(site_count(n), check_int("layers", layers, 0))
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
