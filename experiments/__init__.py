@@ -13,6 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# bitsandbytes logs "Failed to load CPU gemm_4bit_forward ... kernels" at import on every CPU run; its
+# own fallback works (and installing `kernels` would reach for the Hub), so keep only its errors.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 log = logging.getLogger(__name__)
 
 
