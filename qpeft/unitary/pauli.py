@@ -55,8 +55,6 @@ def site_count(n: int, site_size: int = 2, option: str | None = None) -> int:
     return q
 
 
-
-
 def two_design_schedule(n_sites: int, layers: int) -> Schedule:
     """Sublayers of Eq. 2 in application order: ``(sign row or None, sites that get a gate)``.
 
@@ -94,28 +92,43 @@ def two_design_signs(n_sites: int, site_size: int = 2) -> Tensor:
     return signs
 
 
-def _gate_on_site(gate: Tensor, x: Tensor, site: int, site_size: int) -> Tensor:
-    """Apply ``gate[..., M, M]`` along the axis of ``site`` of ``x[..., N, m]``."""
-    view = x.reshape(*x.shape[:-2], site_size**site, site_size, -1)
-    return torch.einsum("...ab,...ibr->...iar", gate, view).reshape(x.shape)
+#: sites fused into one pass over ``x``: their gates' Kronecker product (at most this many states)
+FUSED_STATES = 16
+_LETTERS = "abcdefghijklmnopqrstuvwx"
+
+
+def _gates_on_sites(gates: list[Tensor], x: Tensor, first: int, site_size: int) -> Tensor:
+    """Apply ``gates[j][..., M, M]`` to site ``first + j`` of ``x[..., N, m]`` in one einsum.
+
+    torch contracts the small gates first (their Kronecker product), then makes one pass over ``x``:
+    fewer passes over the large tensor than one contraction per site (about 2x faster when batched).
+    """
+    count = len(gates)
+    view = x.reshape(*x.shape[:-2], site_size**first, *([site_size] * count), -1)
+    outs, ins = _LETTERS[:count], _LETTERS[count : 2 * count]
+    equation = ",".join(f"...{o}{i}" for o, i in zip(outs, ins)) + f",...y{ins}z->...y{outs}z"
+    return torch.einsum(equation, *gates, view).reshape(x.shape)
 
 
 def apply_two_design(gates: Tensor, x: Tensor, signs: Tensor, n_sites: int, layers: int) -> Tensor:
     """The Eq. 2 circuit times ``x``: ``gates[..., G, M, M]`` (schedule order), ``x[..., N, m]``.
 
     ``G = two_design_gate_count(n_sites, layers)``, ``N = M**n_sites``; leading batch shapes of
-    ``gates`` and ``x`` broadcast.  Cost :math:`O(G\\,N\\,m\\,M)`.
+    ``gates`` and ``x`` broadcast.  Consecutive sites of a sublayer are applied together
+    (``FUSED_STATES``).  Cost :math:`O(G\\,N\\,m\\,M)` up to the fusion factor.
     """
     site_size = gates.shape[-1]
+    fuse = max(1, int(math.log(FUSED_STATES) / math.log(site_size) + 1e-9))
     batch = torch.broadcast_shapes(gates.shape[:-3], x.shape[:-2])
     x = x.expand(*batch, *x.shape[-2:])
     g = 0
     for row, sites in two_design_schedule(n_sites, layers):
         if row is not None:
             x = x * signs[row].to(x.dtype).unsqueeze(-1)
-        for site in sites:
-            x = _gate_on_site(gates[..., g, :, :], x, site, site_size)
-            g += 1
+        for start in range(0, len(sites), fuse):  # a sublayer's sites are consecutive
+            chunk = sites[start : start + fuse]
+            x = _gates_on_sites([gates[..., g + j, :, :] for j in range(len(chunk))], x, chunk[0], site_size)
+            g += len(chunk)
     return x
 
 
