@@ -29,13 +29,14 @@ def test_multirun_two_jobs(glue_dir, tmp_path) -> None:
         assert json.loads((tmp_path / "results" / "temporary" / name).read_text())["train_info"]["status"] == "completed"
 
 
-DDP_ARGS = ["+experiment=glue_sst2", "method=lora", "model=tiny_deberta", "logger=none", "trainer.max_steps=3",
+DDP_ARGS = ["+experiment=glue_sst2", "model=tiny_deberta", "logger=none", "trainer.max_steps=3",
             "trainer.eval_every_steps=3", "trainer.batch_size=8", "trainer.eval_batch_size=16", "record_to=raw",
             "++model.tiny_config.hidden_dropout_prob=0.0", "++model.tiny_config.attention_probs_dropout_prob=0.0"]
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(glue_dir, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["lora", "quantum_peft"])
+def test_ddp_two_processes_match_one(glue_dir, tmp_path, method: str) -> None:
     """accelerate launch --multi_gpu --num_processes 2 on CPU = gloo DDP; same global batch, same metrics."""
     results = {}
     for name, launcher in {
@@ -44,8 +45,9 @@ def test_ddp_two_processes_match_one(glue_dir, tmp_path) -> None:
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run.py"],
     }.items():
         root = tmp_path / name
-        _run([*launcher, *DDP_ARGS, f"paths.root_dir={root}", f"task.data_dir={glue_dir}"], timeout=300)
-        results[name] = json.loads((root / "results" / "raw" / "glue_sst2--lora--seed0.json").read_text())
+        _run([*launcher, *DDP_ARGS, f"method={method}", f"paths.root_dir={root}", f"task.data_dir={glue_dir}"],
+             timeout=300)
+        results[name] = json.loads((root / "results" / "raw" / f"glue_sst2--{method}--seed0.json").read_text())
     assert results["two"]["train_info"]["num_processes"] == 2 and results["one"]["train_info"]["num_processes"] == 1
     one, two = results["one"]["train_info"]["metrics"][-1], results["two"]["train_info"]["metrics"][-1]
     assert one["val/loss"] == pytest.approx(two["val/loss"], abs=1e-4)
