@@ -140,9 +140,11 @@ def main() -> None:
     parser.add_argument("--ratio-n", type=int, default=4096)
     parser.add_argument("--mappings", nargs="*", default=list(FIG6_MAPPINGS))
     parser.add_argument("--sizes", nargs="*", type=int, default=SIZES)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: this 2-core machine is shared, "
+                        "and waking a second OpenMP thread dominates mid-size ops)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/mappings.json"))
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
 
     rows, skipped = [], []
     for name in args.mappings:

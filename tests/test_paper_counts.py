@@ -7,6 +7,8 @@ those tests check the report's arithmetic against method.md, never the printed t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,3 +128,15 @@ def test_candidate_report_matches_method_md() -> None:
     assert hits == {("Table 2", "mixed_radix", 4, 3)}
     assert rows[("Table 6", "qsd_single_angle", 2, 1)]["total"] == 7464
     assert all(p.printed for p in UNREPRODUCED)
+
+
+def test_default_method_config_on_deberta_is_11160() -> None:
+    """``method=quantum_peft`` (conf/method/quantum_peft.yaml) on DeBERTaV3-base: the README's 11,160."""
+    from omegaconf import OmegaConf
+
+    method = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / "quantum_peft.yaml")
+    config = QPeftConfig(
+        target_modules=DEBERTA_TARGETS, rank=method.rank, alpha=method.alpha, mapping=method.mapping,
+        mapping_options=OmegaConf.to_container(method.mapping_options),
+    )
+    assert sum(model_count(deberta_v3_base(), config).values()) == 11_160
