@@ -9,7 +9,7 @@ import torch
 from torch.func import functional_call, jacfwd
 
 from qpeft.unitary import build_mapping, count_mapping_parameters
-from qpeft.unitary.qsd import _block_matmul, _CSDFactor, csd_split
+from qpeft.unitary.qsd import _CSDFactor, csd_split
 
 ANGLES = ["per_pair", "single_angle", "fixed"]
 
@@ -19,7 +19,7 @@ def dense_factor(factor: torch.nn.Module | None, n: int) -> torch.Tensor:
     if factor is None:
         return torch.eye(n, dtype=torch.float64)
     if not isinstance(factor, _CSDFactor):
-        return _block_matmul(factor, torch.eye(n, dtype=torch.float64))
+        return factor.matmul(torch.eye(n, dtype=torch.float64))
     n1, n2 = csd_split(n)
     phi = factor.phi.detach().double().expand(n2)
     c, s = torch.diag(torch.cos(phi)), torch.diag(torch.sin(phi))

@@ -95,17 +95,24 @@ def skew_dense(theta: Tensor) -> Tensor:
     return low - low.mT
 
 
-def taylor_columns(theta: Tensor, k: int, order: int) -> Tensor:
-    r"""``Q_T[..., :, :k]`` by Horner: :math:`X + S(X + \tfrac12 S(\cdots(X + \tfrac1P SX)))`.
+def taylor_apply(a: Tensor, x: Tensor, order: int) -> Tensor:
+    r""":math:`Q_T X` by Horner: :math:`X + S(X + \tfrac12 S(\cdots(X + \tfrac1P SX)))`.
 
-    ``theta: [..., n, K']`` → ``[..., n, k]``, cost :math:`O(P\,n\,k\,K')`, no ``n x n`` matrix.
+    ``a: [..., n, K']`` strictly lower, ``x: [..., n, c]``; cost :math:`O(P\,n\,c\,K')`.
     """
-    a = _strict(theta)
-    x = _eye_columns(a, k)
     y = x
     for p in range(order, 0, -1):
         y = x + skew_apply(a, y) / p
     return y
+
+
+def taylor_columns(theta: Tensor, k: int, order: int) -> Tensor:
+    r"""``Q_T[..., :, :k]``: :func:`taylor_apply` on :math:`I[:, :k]`.
+
+    ``theta: [..., n, K']`` → ``[..., n, k]``, cost :math:`O(P\,n\,k\,K')`, no ``n x n`` matrix.
+    """
+    a = _strict(theta)
+    return taylor_apply(a, _eye_columns(a, k), order)
 
 
 def taylor_dense(theta: Tensor, k: int, order: int) -> Tensor:
@@ -280,6 +287,10 @@ class TaylorMapping(_SeriesMapping):
 
     def forward(self) -> Tensor:
         return taylor_columns(self.theta_block(), self.k, self.order)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """:math:`Q_T x` with the whole ``n x n`` matrix, for ``x[..., n, m]`` (never formed)."""
+        return taylor_apply(self.theta_block(), x, self.order)
 
     @classmethod
     def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:

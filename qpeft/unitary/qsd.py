@@ -65,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from qpeft.unitary.base import StiefelMap, build_mapping, count_mapping_parameters, register_mapping
-from qpeft.unitary.lie import TaylorMapping, skew_apply
+from qpeft.unitary.lie import TaylorMapping, taylor_apply
 from qpeft.unitary.pauli import PauliMap, pauli_apply
 
 BLOCKS = ("pauli", "taylor")
@@ -141,16 +141,6 @@ def _build_factor(n: int, k: int, block: str, options: dict[str, Any], angles: s
     return _CSDFactor(n, k, block, options, angles)
 
 
-def _block_matmul(block: StiefelMap, x: Tensor) -> Tensor:
-    """The block's whole ``n x n`` orthogonal matrix times ``x[..., n, m]``."""
-    if isinstance(block, TaylorMapping):  # Horner form of Q_T x (lie.py exposes columns only)
-        a, y = block.theta_block(), x
-        for p in range(block.order, 0, -1):
-            y = x + skew_apply(a, y) / p
-        return y
-    return block.matmul(x)
-
-
 def _factor_times(factor: nn.Module | None, x: Tensor) -> Tensor:
     """``factor @ x`` where ``x[..., r, m]`` holds coefficients of the factor's first ``r`` columns."""
     if factor is None:
@@ -158,21 +148,18 @@ def _factor_times(factor: nn.Module | None, x: Tensor) -> Tensor:
     if isinstance(factor, _CSDFactor):
         return factor.matmul(x)
     if x.shape[-2] == factor.n:
-        return _block_matmul(factor, x)
+        return factor.matmul(x)
     return factor()[:, : x.shape[-2]] @ x
 
 
 def _block_matmul_batched(blocks: Sequence[StiefelMap], x: Tensor) -> Tensor:
-    """``blocks[b]``'s whole orthogonal matrix times ``x[b]``, in one batched call (as ``_block_matmul``)."""
+    """``blocks[b]``'s whole orthogonal matrix times ``x[b]``, in one batched call (as ``block.matmul``)."""
     first = blocks[0]
     if isinstance(first, TaylorMapping):
-        a, y = TaylorMapping.stacked_block(blocks), x
-        for p in range(first.order, 0, -1):
-            y = x + skew_apply(a, y) / p
-        return y
+        return taylor_apply(TaylorMapping.stacked_block(blocks), x, first.order)
     if isinstance(first, PauliMap):
         return pauli_apply(PauliMap.stacked_theta(blocks), x, first.n_qubits, first.layers, first.signs)
-    return torch.stack([_block_matmul(b, xb) for b, xb in zip(blocks, x.unbind(0))])
+    return torch.stack([b.matmul(xb) for b, xb in zip(blocks, x.unbind(0))])
 
 
 def _factors_times_batched(factors: Sequence[nn.Module | None], x: Tensor) -> Tensor:
