@@ -18,30 +18,21 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpeft.io import atomic_write, atomic_write_text  # noqa: E402
+from timing import median_ms  # noqa: E402
 from qpeft.unitary import build_mapping, mapping_class  # noqa: E402
 from qpeft.unitary.lie import taylor_columns, taylor_dense  # noqa: E402
 from qpeft.unitary.pauli import pauli_columns  # noqa: E402
 
 FIG6_MAPPINGS = ("exp", "cayley", "householder", "givens", "taylor", "neumann", "pauli", "rademacher", "qsd", "pad")
 SIZES = [2**e for e in range(4, 13)] + [768, 3072]
-
-
-def median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up (allocator, lazy init)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def fwd_bwd(mapping: torch.nn.Module, grad: torch.Tensor) -> Callable[[], None]:
@@ -67,10 +58,10 @@ def bench_one(name: str, n: int, k: int, seeds: int, repeats: int, init_std: flo
     torch.manual_seed(0)
     mapping = build_mapping(name, n, k, **options_for(name, init_std))
     if not any(p.requires_grad for p in mapping.parameters()):
-        seconds = median_seconds(lambda: mapping(), repeats)
+        ms = median_ms(mapping, repeats)
     else:
-        seconds = median_seconds(fwd_bwd(mapping, torch.randn(n, k)), repeats)
-    return {"mapping": name, "n": n, "k": k, "unitarity_error": statistics.mean(errors), "ms": 1e3 * seconds,
+        ms = median_ms(fwd_bwd(mapping, torch.randn(n, k)), repeats)
+    return {"mapping": name, "n": n, "k": k, "unitarity_error": statistics.mean(errors), "ms": ms,
             "params": sum(p.numel() for p in mapping.parameters() if p.requires_grad)}
 
 
@@ -96,11 +87,11 @@ def side_by_side(n: int, k: int, repeats: int) -> dict:
     def taylor_full() -> None:
         taylor_dense(block, k, lie.order).sum().backward()
 
-    times = {name: median_seconds(fn, repeats) for name, fn in
+    times = {name: median_ms(fn, repeats) for name, fn in
              [("pauli_k_columns", pauli_k), ("pauli_dense_matrix", pauli_full),
               ("taylor_low_rank", taylor_low), ("taylor_dense", taylor_full)]}
     return {
-        "n": n, "k": k, "ms": {key: 1e3 * v for key, v in times.items()},
+        "n": n, "k": k, "ms": times,
         "pauli_speedup": times["pauli_dense_matrix"] / times["pauli_k_columns"],
         "taylor_speedup": times["taylor_dense"] / times["taylor_low_rank"],
         "targets": {"pauli_speedup": 50.0, "taylor_speedup": 20.0},

@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpeft.io import atomic_write_text  # noqa: E402
+from timing import median_ms  # noqa: E402
 from qpeft.unitary.lie import lie_count, lower_block, taylor_columns, taylor_dense  # noqa: E402
 from qpeft.unitary.pauli import pauli_apply, pauli_columns, two_design_gate_count, two_design_signs  # noqa: E402
 
@@ -71,13 +71,7 @@ def fwd_bwd_ms(theta: torch.Tensor, build: Callable[[], torch.Tensor], repeats: 
         theta.grad = None
         (build() * grad).sum().backward()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return median_ms(step, repeats)
 
 
 def fit_exponent(ns: list[int], values: list[float]) -> float | None:

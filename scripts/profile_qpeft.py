@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import QPEFT_MAPPINGS, Runner, adapt, build_base, make_batch  # noqa: E402
+from timing import median_ms  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 
 
@@ -32,16 +31,6 @@ def per_layer_build(runner: Runner) -> None:
     """Forward+backward of every factor, built mapping by mapping (the path without batching)."""
     total = sum(m().sum() for _, layer in runner.net.qpeft_layers() for m in layer.mappings())
     total.backward()
-
-
-def median_ms(fn: Callable[[], None], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def op_profile(fn: Callable[[], None], top: int) -> tuple[int, list[dict]]:
