@@ -145,13 +145,14 @@ class QPeftModel(nn.Module):
         self.base_model = model
         self.qpeft_config = config
         self.adapted_modules = inject(model, config)
+        self._layers = [layer for _, layer in self.qpeft_layers()]  # walked once, not every forward
         self.batch_factors = batch_factors
         self._batcher = FactorBatcher(checkpoint=checkpoint_factors, compile=compile_factors)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self.batch_factors:
             return self.base_model(*args, **kwargs)
-        with self._batcher.precomputed(layer for _, layer in self.qpeft_layers()):
+        with self._batcher.precomputed(self._layers):
             return self.base_model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
