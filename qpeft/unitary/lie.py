@@ -17,13 +17,22 @@ Only the free entries are stored, so every mapping has
 
 Because :math:`\mathcal L` has :math:`K'` nonzero columns, :math:`SX = \mathcal L_{:,:K'}X_{:K'}
 - [\mathcal L_{:,:K'}^\top X;\,0]` costs :math:`O(nK'c)` for :math:`X\in\mathbb R^{n\times c}`;
-``taylor``, ``neumann`` and ``cayley`` (Woodbury, exact) never form an ``n x n`` matrix.
-``exp`` is the dense reference (``torch.linalg.matrix_exp``, :math:`O(n^3)`).
+no mapping forms an ``n x n`` matrix: ``taylor`` and ``neumann`` are Horner series, ``cayley`` is
+exact by Woodbury, and ``exp`` is exact through the rank-``2K'`` compression of S
+(:func:`skew_compression`): a ``4K' x 4K'`` matrix exponential and :math:`O(nK'(K'+K))` work.
+
+**Staying on the manifold.** ``exp`` and ``cayley`` are orthonormal at every :math:`\|S\|`.  The truncated
+series are not: Taylor's error is about :math:`\|S\|^{P+1}/(P+1)!` (P = 18 is accurate up to
+:math:`\|S\|_2\approx4`), Neumann's diverges for :math:`\|S\|_2\ge1`, and training with Adam moves
+:math:`\|S\|_2` by up to about :math:`\mathrm{lr}\sqrt{nK'}` per step.  ``taylor`` stays the paper's
+truncated series (Fig. 6 measures it); :class:`qpeft.guard.UnitarityGuard` measures
+:math:`\|U^\top U-I\|_F` of the built factors (training and eval) and warns, naming the factor, once it
+passes a tolerance; ``neumann`` also warns when :math:`\|S\|_2\ge1` (:func:`generator_norm`).
 
 Functional, batched cores take the block ``theta: Tensor[..., n, K']`` (entries on or above the
 diagonal are ignored) and return ``Tensor[..., n, k]``: :func:`taylor_columns`,
 :func:`neumann_columns`, :func:`cayley_columns`, :func:`exp_columns`, and the dense references
-:func:`taylor_dense` and :func:`cayley_dense`.
+:func:`taylor_dense`, :func:`cayley_dense` and :func:`exp_dense`.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mappi
 
 #: Θ ~ N(0, 0.01²): U starts at a small random rotation of I[:, :K] (not exactly at it), and
 #: ‖S‖₂ ≈ 0.01·(√n + √K') stays ≈ 0.4 at n = 1024, where taylor, cayley and neumann reach
-#: ‖UᵀU − I‖ ≈ 1e-6 in float32 (the dense float32 ``exp`` accrues ≈ 2e-5 at n ≥ 768).
+#: ‖UᵀU − I‖ ≈ 1e-6 in float32 (the dense float32 ``exp_dense`` accrues ≈ 2e-5 at n ≥ 768).
 DEFAULT_INIT_STD = 0.01
 #: Taylor's truncation error is about ‖S‖^{P+1}/(P+1)!; P = 18 keeps ‖UᵀU − I‖ below 1e-5 up to
 #: ‖S‖₂ ≈ 4 (spec table at N=10, K=3, σ=0.3: P = 2, 4, 8, 12, 18 → 0.70, 4.7e-2, 4.0e-5, 6e-9, 1e-15).
@@ -173,9 +182,81 @@ def cayley_dense(theta: Tensor, k: int) -> Tensor:
     return torch.linalg.solve(eye - s, x + s @ x)
 
 
+def _blocks(tl: Tensor, tr: Tensor, bl: Tensor, br: Tensor) -> Tensor:
+    return torch.cat([torch.cat([tl, tr], -1), torch.cat([bl, br], -1)], -2)
+
+
+def skew_compression(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""``(Y, M, G)`` with :math:`S = \hat W M \hat W^\top`, :math:`\hat W = [E_{K'},\ (0; Y)]`, :math:`G = \hat W^\top \hat W`.
+
+    ``a = L[..., :, :K']`` strictly lower; ``Y: [..., n-K', K']`` (``a``'s dtype), ``M, G: [..., 2K', 2K']``
+    (float64).  Write :math:`C = \mathcal L_{:, :K'} = E\,C_t + (0; X)` (``C_t`` the top ``K' x K'``
+    block); then :math:`S = C E^\top - E C^\top = W J W^\top` for :math:`W = [E, C]`,
+    :math:`J = \begin{psmallmatrix}0&-I\\I&0\end{psmallmatrix}`.  A triangular :math:`R = \mathrm{chol}
+    (X^\top X + I)^\top` (diagonal :math:`\ge 1`, computed without gradient) gives :math:`Y = XR^{-1}`
+    (:math:`\|Y\|_2 < 1`, nearly orthonormal once :math:`X` is large), :math:`W = \hat W T` with
+    :math:`T = \begin{psmallmatrix}I&C_t\\0&R\end{psmallmatrix}`, and the skew :math:`M = TJT^\top`.
+    :math:`R` cancels out of :math:`S`, so holding it constant leaves every gradient exact; it only keeps
+    :math:`\hat W` well scaled, so that rounding does not grow with :math:`\|S\|`.
+    """
+    kp = a.shape[-1]
+    top, x = a[..., :kp, :], a[..., kp:, :]
+    with torch.no_grad():
+        eye64 = torch.eye(kp, dtype=torch.float64, device=a.device)
+        r = torch.linalg.cholesky(x.mT.double() @ x.double() + eye64).mT.to(a.dtype)
+    y = torch.linalg.solve_triangular(r, x, upper=True, left=False)
+    eye, zero = torch.eye(kp, dtype=a.dtype, device=a.device).expand_as(top), torch.zeros_like(top)
+    t = _blocks(eye, top, zero, r.expand_as(top))
+    m = (t @ _blocks(zero, -eye, eye, zero) @ t.mT).double()
+    g = _blocks(eye.double(), zero.double(), zero.double(), (y.mT @ y).double())
+    return y, m, g
+
+
+def phi_function(z: Tensor) -> Tensor:
+    r""":math:`\varphi(Z) = \sum_{q\ge0} Z^q/(q+1)!`, the top-right block of :math:`\exp\begin{psmallmatrix}Z&I\\0&0
+    \end{psmallmatrix}` (``torch.linalg.matrix_exp``; no inverse of :math:`Z`, which may be singular)."""
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand_as(z)
+    zero = torch.zeros_like(z)
+    return torch.linalg.matrix_exp(_blocks(z, eye, zero, zero))[..., : z.shape[-1], z.shape[-1]:]
+
+
+def exp_apply(a: Tensor, x: Tensor) -> Tensor:
+    r""":math:`\exp(S)X` exactly, for ``a = L[..., :, :K']`` strictly lower and ``x: [..., n, c]``.
+
+    With :func:`skew_compression`, :math:`(\hat W M\hat W^\top)^p = \hat W (MG)^{p-1} M \hat W^\top`, so
+
+    .. math:: \exp(S)X = X + \hat W\,\big(\varphi(MG)\,M\big)\,\hat W^\top X,
+
+    exact at every :math:`\|S\|` (the ``4K' x 4K'`` exponential of :func:`phi_function` runs in float64).
+    Cost :math:`O(nK'(K'+c))`, no ``n x n`` matrix.
+    """
+    kp = a.shape[-1]
+    y, m, g = skew_compression(a)
+    core = (phi_function(m @ g) @ m).to(a.dtype)
+    wx = torch.cat([x[..., :kp, :], y.mT @ x[..., kp:, :]], -2)  # Ŵᵀx, [..., 2K', c]
+    z = core @ wx
+    return x + torch.cat([z[..., :kp, :], y @ z[..., kp:, :]], -2)
+
+
 def exp_columns(theta: Tensor, k: int) -> Tensor:
-    """``exp(S)[..., :, :k]`` with ``torch.linalg.matrix_exp`` on the dense S (:math:`O(n^3)`)."""
+    r"""``exp(S)[..., :, :k]`` exactly in :math:`O(nK'(K'+k))`: :func:`exp_apply` on :math:`I[:, :k]`."""
+    a = _strict(theta)
+    return exp_apply(a, _eye_columns(a, k))
+
+
+def exp_dense(theta: Tensor, k: int) -> Tensor:
+    """Reference ``exp(S)[..., :, :k]``: ``torch.linalg.matrix_exp`` of the dense ``n x n`` S (:math:`O(n^3)`)."""
     return torch.linalg.matrix_exp(skew_dense(theta))[..., :k]
+
+
+def generator_norm(theta: Tensor) -> Tensor:
+    r""":math:`\|S\|_2` without gradient, in :math:`O(nK'^2)`: the nonzero spectrum of :math:`S = \hat W M\hat W^\top`
+    is that of the skew :math:`G^{1/2} M G^{1/2}` (:func:`skew_compression`)."""
+    with torch.no_grad():
+        _, m, g = skew_compression(_strict(theta))
+        w, v = torch.linalg.eigh(g)
+        root = (v * w.clamp(min=0).sqrt().unsqueeze(-2)) @ v.mT
+        return torch.linalg.matrix_norm(root @ m @ root, ord=2)
 
 
 def check_intrinsic_rank(k: int, intrinsic_rank: Any) -> int:
@@ -260,10 +341,11 @@ class _SeriesMapping(LowerEntries):
 
 @register_mapping("exp")
 class ExpMapping(LowerEntries):
-    r""":math:`U = \exp(S)[:, :K]` via ``torch.linalg.matrix_exp`` (exact, dense, :math:`O(n^3)`).
+    r""":math:`U = \exp(S)[:, :K]`, exact at every :math:`\|S\|`, in :math:`O(nK'(K'+K))` (:func:`exp_apply`).
 
-    The O(n³) reference: in float32 the scaling-and-squaring rounding grows with n
-    (‖UᵀU − I‖ ≈ 2e-5 at n = 768..1024, K = 16), and its backward is slow.
+    ``S`` has rank :math:`\le 2K'`, so the exponential reduces to a ``4K' x 4K'`` one; no ``n x n``
+    matrix is formed (the dense ``torch.linalg.matrix_exp`` is kept as :func:`exp_dense`, the
+    tests' reference).  Float32 keeps :math:`\|U^\top U - I\|_F \approx 10^{-6}` at any norm.
 
     Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01).
     Count: :math:`nK' - K'(K'+1)/2`.
@@ -271,6 +353,10 @@ class ExpMapping(LowerEntries):
 
     def forward(self) -> Tensor:
         return exp_columns(self.theta_block(), self.k)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """:math:`\exp(S)\,x` with the whole ``n x n`` matrix, for ``x[..., n, m]`` (never formed)."""
+        return exp_apply(self.theta_block(), x)
 
     @classmethod
     def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
