@@ -62,6 +62,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ms_per_step=1000 * progress.train_seconds / progress.global_step if progress.global_step else None,
             peak_memory_bytes=peak_memory_bytes(), num_processes=trainer.info.get("num_processes"),
         )
+        seen = [h["unitarity_error_max"] for h in progress.history if h.get("unitarity_error_max") is not None]
+        if seen:  # Quantum-PEFT: the worst ‖UᵀU − I‖_F of the whole run (resume-safe: kept in the history)
+            info["unitarity_error_max"] = max(seen, key=lambda v: float("inf") if v != v else v)
         record["run_info"]["wall_seconds"] = time.perf_counter() - start
         trainer.cleanup()
         if path is not None and main:

@@ -212,8 +212,9 @@ class Trainer:
         else:
             p.evals_without_improvement += 1
         metrics[f"{name}_best"] = p.best
-        p.history.append({"step": p.global_step, "epoch": p.epoch, **metrics})
-        acc.log({**metrics, **self.method.diagnostics()}, step=p.global_step)
+        diagnostics = self.method.diagnostics()
+        p.history.append({"step": p.global_step, "epoch": p.epoch, **metrics, **self.method.summary()})
+        acc.log({**metrics, **diagnostics}, step=p.global_step)
         log.info("step %d: %s", p.global_step, {k: round(v, 4) for k, v in metrics.items()})
         if self.tc.checkpoint:
             self.save_checkpoint()

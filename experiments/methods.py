@@ -55,6 +55,10 @@ class Method:
         """Scalars to log at evaluation time."""
         return {}
 
+    def summary(self) -> dict[str, Any]:
+        """The few diagnostics kept in each evaluation's history entry (and so in the run record)."""
+        return {}
+
     # ---- state ----------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Trainable tensors only (never the frozen base)."""
@@ -95,13 +99,24 @@ class QuantumPeftMethod(Method):
     """Quantum-PEFT through the ``qpeft`` library."""
 
     def diagnostics(self) -> dict[str, float]:
-        from qpeft import unitarity_errors
-
-        errors = unitarity_errors(self.model)
+        """Every factor's ``‖UᵀU − I‖_F`` now, through the model's guard (``method.unitarity_tolerance``):
+        a factor above the tolerance is warned about once, by name, here and in the log."""
+        guard = self.model.guard
+        before = set(guard.warned)
+        errors = self.model.check_unitarity()
+        for name in sorted(guard.warned - before):
+            log.warning("adapter factor %s: ‖UᵀU − I‖_F = %.3g > method.unitarity_tolerance=%g; this run's "
+                        "factors are not orthonormal (see the ManifoldWarning above)", name.split(":")[0],
+                        errors.get(name.split(":")[0], float("nan")), guard.tolerance)
         if not errors:
             return {}
         return {"qpeft/unitarity_error_max": max(errors.values()),
                 **{f"qpeft/unitarity_error/{k}": v for k, v in errors.items()}}
+
+    def summary(self) -> dict[str, Any]:
+        """``unitarity_error_max``: the worst ``‖UᵀU − I‖_F`` the guard has seen so far (training and eval)."""
+        guard = self.model.guard
+        return {"unitarity_error_max": guard.max_error, "unitarity_error_worst": guard.worst}
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.adapter_state_dict().items()}
@@ -182,7 +197,8 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
             bias=opts["bias"], quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"],
             quant_gamma=opts["quant_gamma"],
         )
-        return QuantumPeftMethod(get_qpeft_model(model, qcfg), method_cfg)
+        return QuantumPeftMethod(get_qpeft_model(model, qcfg, unitarity_tolerance=opts["unitarity_tolerance"],
+                                                 unitarity_check_every=opts["unitarity_check_every"]), method_cfg)
     if kind == "peft":
         from peft import TaskType, get_peft_model
 

@@ -98,7 +98,7 @@ def new_record(cfg_resolved: dict[str, Any], experiment: str, method: str, seed:
                      "git": git_info(), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "wall_seconds": None, "error": None},
         "train_info": {"status": "running", "trainable_params": None, "total_params": None, "adapter_bytes": None,
-                       "peak_memory_bytes": None, "ms_per_step": None, "steps": 0, "metrics": [],
+                       "peak_memory_bytes": None, "ms_per_step": None, "steps": 0, "metrics": [], "unitarity_error_max": None,
                        "optimized_metric": None, "best": None, "best_step": None, "final": None,
                        "selection_rule": SELECTION_RULE},
         "meta_info": meta_info(),

@@ -111,7 +111,7 @@ class MethodConfig:
 
     name: str = _f("???", "Method name used in records and output paths, e.g. lora.")
     kind: str = _f("???", "Builder in experiments.methods: quantum_peft | peft | bitfit | full_ft | head_only.")
-    protocol: str = _f("baseline", "Which per-task hyper-parameter set of an experiment applies: quantum_peft | baseline.")
+    protocol: str = _f("baseline", "Which per-task hyper-parameter set of an experiment applies: quantum_peft | quantum_peft_lie | baseline.")
 
 
 @dataclass
@@ -129,6 +129,8 @@ class QuantumPeftMethodConfig(MethodConfig):
     quant_bits: Optional[int] = _f(None, "QAT bits of the intrinsic parameters (null = fp32).")
     quant_group_size: int = _f(128, "QAT group size.")
     quant_gamma: float = _f(0.0, "Adaptive bit loading exponent.")
+    unitarity_tolerance: Optional[float] = _f(1e-3, "Warn once per factor whose ‖UᵀU − I‖_F exceeds this (null: never).")
+    unitarity_check_every: int = _f(100, "Training steps between two unitarity checks (0: at evaluations only).")
 
 
 @dataclass

@@ -5,7 +5,8 @@ thousands of tiny ops per step.  Here the mappings of all active ``QPeftLayer``s
 ``(batch_key, dtype, device)``; each group is built by one ``forward_batched`` call (its
 parameters stacked, so gradients flow back to every mapping) and its result is unbound into the
 per-layer factors, which the layers pick up through ``QPeftLayer._precomputed``.  Values and
-gradients equal those of the per-layer path.  Without gradients only stale eval caches are rebuilt.
+gradients equal those of the per-layer path.  Without gradients only stale eval caches are rebuilt
+(staleness is decided by comparing parameter values, all layers in one host sync).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from qpeft.layers import QPeftLayer
+from qpeft.layers import QPeftLayer, stale_flags
 from qpeft.unitary.base import StiefelMap
 
 #: ``(layer index, side 0=U / 1=V, slot)``: where a built factor goes.
@@ -85,22 +86,32 @@ class FactorBatcher:
         return out
 
     @contextlib.contextmanager
-    def precomputed(self, layers: Iterable[QPeftLayer]) -> Iterator[None]:
+    def precomputed(self, layers: Iterable[QPeftLayer]) -> Iterator[list[tuple[int, tuple[list[Tensor], list[Tensor]]]]]:
         """Within the context, every active layer (not merged, not disabled) uses the batched factors.
 
-        While gradients are off only layers whose eval cache is stale are built (and then cached).
+        While gradients are off only layers whose eval cache is stale are built (and then cached);
+        the others are marked fresh for this forward (one host sync proves it for all of them).
+        Yields ``(index in layers, (us, vs))`` of every layer built here.
         """
+        layers = list(layers)
         training = torch.is_grad_enabled()
-        active = [
-            layer for layer in layers if not (layer.merged or layer.disabled) and (training or not layer.cache_is_valid())
-        ]
-        if not active:
-            yield
-            return
-        for layer, factors in zip(active, self.build(active)):
+        candidates = [(i, layer) for i, layer in enumerate(layers) if not (layer.merged or layer.disabled)]
+        if training:
+            active = candidates
+        else:
+            flags = stale_flags([layer for _, layer in candidates])
+            active = [c for c, stale in zip(candidates, flags) if stale]
+            fresh = [layer for (_, layer), stale in zip(candidates, flags) if not stale]
+            for layer in fresh:
+                layer._cache_checked = True
+        built = list(zip((i for i, _ in active), self.build([layer for _, layer in active]))) if active else []
+        for (_, layer), (_, factors) in zip(active, built):
             layer._precomputed = factors
         try:
-            yield
+            yield built
         finally:
-            for layer in active:
+            for _, layer in active:
                 layer._precomputed = None
+            if not training:
+                for layer in fresh:
+                    layer._cache_checked = False

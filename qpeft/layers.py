@@ -93,7 +93,8 @@ class QPeftLayer(nn.Module):
         self.register_buffer("row_index", rows, persistent=False)
         self.merged = False
         self.disabled = False
-        self._cache: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
+        self._cache_checked = False  # set by qpeft.batching once it proved the cache fresh for one forward
         self._precomputed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # set by qpeft.batching
         self._to_base_device()
 
@@ -113,12 +114,31 @@ class QPeftLayer(nn.Module):
         return [*self.qpeft_u, *self.qpeft_v]
 
     # ---------------------------------------------------------------- factors
-    def cache_is_valid(self) -> bool:
-        """Whether the eval cache holds the factors of the current parameters."""
-        return self._cache is not None and self._cache[0] == self._param_versions()
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every tensor the factors and ``λ`` depend on (the mappings' parameters and ``qpeft_lambda``)."""
+        return [p for m in self.mappings() for p in m.parameters()] + [self.qpeft_lambda]
 
-    def _param_versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.parameters() if p.requires_grad or p is self.qpeft_lambda)
+    def cache_changed(self) -> bool | torch.Tensor:
+        """``True`` if the eval cache is missing or its parameters differ in shape, dtype or device; else a
+        0-dim bool tensor, true iff some value differs (no host sync: see :func:`stale_flags`)."""
+        if self._cache is None:
+            return True
+        snapshot, params = self._cache[0], self.adapter_parameters()
+        if len(snapshot) != len(params) or any(
+            (s.shape, s.dtype, s.device) != (p.shape, p.dtype, p.device) for s, p in zip(snapshot, params)
+        ):
+            return True
+        return torch.stack([(s != p.detach()).any() for s, p in zip(snapshot, params)]).any()
+
+    def cache_is_valid(self) -> bool:
+        """Whether the eval cache holds the factors of the current parameter *values*.
+
+        Compared value by value with the snapshot taken when the cache was built, so no mutation can
+        slip through (optimizer steps, ``load_state_dict``, ``vector_to_parameters``, ``p.data = ...``,
+        in-place ``.data`` ops, ``.to(dtype/device)``); NaN never matches.  The adapter tensors are tiny.
+        """
+        changed = self.cache_changed()
+        return not (changed is True or bool(changed))
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_big, V_big)``: ``U_big`` is ``out x (S·K)`` (slice ``s`` in its rows), ``V_big`` is ``in x (S·K)``.
@@ -127,7 +147,7 @@ class QPeftLayer(nn.Module):
         ``qpeft.batching``); reused while gradients are off and no parameter changed (eval mode).
         """
         cacheable = not torch.is_grad_enabled()
-        if cacheable and self.cache_is_valid():
+        if cacheable and self._precomputed is None and (self._cache_checked or self.cache_is_valid()):
             return self._cache[1], self._cache[2]
         if self._precomputed is not None:
             us, vs = self._precomputed
@@ -142,7 +162,7 @@ class QPeftLayer(nn.Module):
             blocks = torch.block_diag(*us)  # (S·part_out) x (S·K)
             u_big = u_big.index_copy(0, self.row_index, blocks)
         if cacheable:
-            self._cache = (self._param_versions(), u_big, v_big)
+            self._cache = ([p.detach().clone() for p in self.adapter_parameters()], u_big, v_big)
         else:
             self._cache = None
         return u_big, v_big
@@ -216,6 +236,14 @@ class QPeftLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}, slices={self.slices}/{self.num_parts}, kind={self.kind}"
+
+
+def stale_flags(layers: list[QPeftLayer]) -> list[bool]:
+    """``not layer.cache_is_valid()`` for every layer, with all value comparisons in one host sync."""
+    verdicts = [layer.cache_changed() for layer in layers]
+    pending = [v for v in verdicts if v is not True]
+    values = iter(torch.stack([v.to(pending[0].device) for v in pending]).tolist() if pending else [])
+    return [True if v is True else bool(next(values)) for v in verdicts]
 
 
 class ModulesToSave(nn.Module):

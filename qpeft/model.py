@@ -13,8 +13,9 @@ from torch import nn
 
 from qpeft.batching import FactorBatcher
 from qpeft.config import CONFIG_NAME, QPeftConfig
+from qpeft.guard import DEFAULT_CHECK_EVERY, DEFAULT_TOLERANCE, UnitarityGuard, factor_errors
 from qpeft.io import atomic_write
-from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, base_layer_kind, base_layer_shape
+from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, base_layer_kind, base_layer_shape, stale_flags
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -103,14 +104,14 @@ def adapter_state_dict(model: nn.Module, bias: str = "none") -> dict[str, torch.
 
 
 def unitarity_errors(model: nn.Module) -> dict[str, float]:
-    """``‖UᵀU − I‖_F`` of every adapted factor, keyed ``<module>.u<i>`` / ``<module>.v<i>``."""
-    errors = {}
-    for name, layer in model.named_modules():
-        if isinstance(layer, QPeftLayer):
-            for side in ("u", "v"):
-                for i, mapping in enumerate(getattr(layer, f"qpeft_{side}")):
-                    errors[f"{name}.{side}{i}"] = float(mapping.unitarity_error())
-    return errors
+    """``‖UᵀU − I‖_F`` of every adapted factor, keyed ``<module>.u<i>`` / ``<module>.v<i>`` (batched, one sync)."""
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, QPeftLayer)]
+    if not named:
+        return {}
+    names, layers = zip(*named)
+    with torch.no_grad():
+        built = FactorBatcher(checkpoint=False).build(list(layers))
+    return factor_errors(names, layers, built)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -131,6 +132,11 @@ class QPeftModel(nn.Module):
     only stale eval caches); same values and gradients.  ``checkpoint_factors`` (default on) rebuilds
     them in the backward instead of keeping their activations; ``compile_factors`` wraps the build in
     ``torch.compile``.
+
+    ``guard`` (:class:`qpeft.guard.UnitarityGuard`) measures ``‖UᵀU − I‖_F`` of the factors every
+    ``unitarity_check_every`` training forwards (on the factors that forward built: one host sync) and on
+    the first evaluation forward after the parameters changed, and warns once per factor above
+    ``unitarity_tolerance`` (``None``: never warn).  ``guard.max_error`` is the worst error seen.
     """
 
     def __init__(
@@ -140,20 +146,47 @@ class QPeftModel(nn.Module):
         batch_factors: bool = True,
         checkpoint_factors: bool = True,
         compile_factors: bool = False,
+        unitarity_tolerance: float | None = DEFAULT_TOLERANCE,
+        unitarity_check_every: int = DEFAULT_CHECK_EVERY,
     ) -> None:
         super().__init__()
         self.base_model = model
         self.qpeft_config = config
         self.adapted_modules = inject(model, config)
-        self._layers = [layer for _, layer in self.qpeft_layers()]  # walked once, not every forward
+        named = list(self.qpeft_layers())  # walked once, not every forward
+        self._names = [name for name, _ in named]
+        self._layers = [layer for _, layer in named]
         self.batch_factors = batch_factors
         self._batcher = FactorBatcher(checkpoint=checkpoint_factors, compile=compile_factors)
+        self.guard = UnitarityGuard(tolerance=unitarity_tolerance, check_every=unitarity_check_every)
+        self._training_forwards = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        training = torch.is_grad_enabled()
+        due = False
+        if training:
+            self._training_forwards += 1
+            every = self.guard.check_every
+            due = bool(every) and self._training_forwards % every == 0
         if not self.batch_factors:
+            if due or (not training and any(stale_flags(self._active_layers()))):
+                self.check_unitarity()
             return self.base_model(*args, **kwargs)
-        with self._batcher.precomputed(self._layers):
+        with self._batcher.precomputed(self._layers) as built:
+            if built and (due or not training):  # eval: only right after a rebuild
+                index = [i for i, _ in built]
+                self.guard.check([self._names[i] for i in index], [self._layers[i] for i in index],
+                                 [factors for _, factors in built])
             return self.base_model(*args, **kwargs)
+
+    def _active_layers(self) -> list[QPeftLayer]:
+        return [layer for layer in self._layers if not (layer.merged or layer.disabled)]
+
+    def check_unitarity(self) -> dict[str, float]:
+        """Build every factor now (no gradient), feed :attr:`guard` (warns, tracks the maximum), return the errors."""
+        with torch.no_grad():
+            built = self._batcher.build(self._layers)
+        return self.guard.check(self._names, self._layers, built)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -248,6 +281,7 @@ class QPeftModel(nn.Module):
 def get_qpeft_model(model: nn.Module, config: QPeftConfig, **options: Any) -> QPeftModel:
     """Inject Quantum-PEFT adapters into ``model`` as ``config`` says; only adapter tensors stay trainable.
 
-    ``options``: ``batch_factors``, ``checkpoint_factors``, ``compile_factors`` of :class:`QPeftModel`.
+    ``options``: ``batch_factors``, ``checkpoint_factors``, ``compile_factors``, ``unitarity_tolerance``,
+    ``unitarity_check_every`` of :class:`QPeftModel`.
     """
     return QPeftModel(model, config, **options)

@@ -20,6 +20,11 @@ Only :math:`U=Q[:, :K]` is computed, as :math:`Q\,[I_K;0]`: the right factor is 
 left factors act on an :math:`N_j\times K` matrix through the block's ``matmul``.  No
 :math:`N\times N` matrix is formed; the cost is that of the blocks on :math:`K` columns plus :math:`O(NK)`.
 
+``block`` is ``"pauli"`` (Eq. 2), ``"taylor"`` or ``"exp"`` (Lie blocks, rank-``2K'`` generators:
+their ``intrinsic_rank`` K' defaults to the mapping's K and is clipped to each block's column count, so
+no block is full rank unless asked; ``exp`` blocks stay orthonormal at any norm, ``taylor`` blocks only
+while their series is accurate).
+
 ``angles`` chooses :math:`\varphi` per CSD level (each recursive node has its own):
 ``"per_pair"`` (:math:`N_2` angles), ``"single_angle"`` (one shared angle), ``"fixed"``
 (:math:`\varphi=\pi/4` everywhere, no parameter).  Trainable angles start uniform in :math:`[0,\pi/2)`.
@@ -65,10 +70,12 @@ import torch
 from torch import Tensor, nn
 
 from qpeft.unitary.base import StiefelMap, build_mapping, count_mapping_parameters, register_mapping
-from qpeft.unitary.lie import TaylorMapping, taylor_apply
+from qpeft.unitary.lie import ExpMapping, TaylorMapping, exp_apply, taylor_apply
 from qpeft.unitary.pauli import PauliMap, pauli_apply
 
-BLOCKS = ("pauli", "taylor")
+BLOCKS = ("pauli", "taylor", "exp")
+#: Lie-algebra blocks: their ``intrinsic_rank`` K' defaults to the mapping's K (never the block's full size)
+LIE_BLOCKS = ("taylor", "exp")
 ANGLES = ("per_pair", "single_angle", "fixed")
 FIXED_ANGLE = math.pi / 4
 
@@ -98,14 +105,30 @@ def cs_mix(top: Tensor, bottom: Tensor | None, phi: Tensor) -> tuple[Tensor, Ten
     return torch.cat([new_head, top[..., n2:, :]], dim=-2), new_bottom
 
 
-def _check_common(n: int, block: Any, block_options: dict[str, Any] | None) -> dict[str, Any]:
+def _check_common(n: int, k: int, block: Any, block_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated block options; a Lie block's ``intrinsic_rank`` defaults to ``k`` (see :func:`_sized`)."""
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {list(BLOCKS)}, got {block!r}")
     if block_options is not None and not isinstance(block_options, dict):
         raise ValueError(f"block_options must be a dict or None, got {block_options!r}")
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
-    return dict(block_options or {})
+    options = dict(block_options or {})
+    if block in LIE_BLOCKS and options.get("intrinsic_rank") is None:
+        options["intrinsic_rank"] = k
+    return options
+
+
+def _sized(block: str, k: int, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for a block used on ``k`` columns: a Lie block's ``intrinsic_rank`` clipped to ``k``.
+
+    A QSD's inner blocks are whole ``N_1 x N_1`` orthogonal matrices; with the block's own default
+    (K' = its size) a 768-wide factor would hold ~166k Lie parameters, more than LoRA.  Here every Lie
+    block keeps the intrinsic rank of the mapping (K' = K unless set), i.e. a rank-``2K'`` generator.
+    """
+    if block in LIE_BLOCKS and isinstance(options.get("intrinsic_rank"), int):
+        return {**options, "intrinsic_rank": min(options["intrinsic_rank"], k)}
+    return options
 
 
 def _check_angles(angles: Any) -> str:
@@ -115,7 +138,7 @@ def _check_angles(angles: Any) -> str:
 
 
 def _block_count(block: str, n: int, k: int, options: dict[str, Any]) -> int:
-    return count_mapping_parameters(block, n, k, **options)
+    return count_mapping_parameters(block, n, k, **_sized(block, k, options))
 
 
 def _factor_count(n: int, k: int, block: str, options: dict[str, Any], angles: str) -> int:
@@ -137,7 +160,7 @@ def _build_factor(n: int, k: int, block: str, options: dict[str, Any], angles: s
     if n == 1:
         return None
     if _is_power_of_two(n):
-        return build_mapping(block, n, k, **options)
+        return build_mapping(block, n, k, **_sized(block, k, options))
     return _CSDFactor(n, k, block, options, angles)
 
 
@@ -157,6 +180,8 @@ def _block_matmul_batched(blocks: Sequence[StiefelMap], x: Tensor) -> Tensor:
     first = blocks[0]
     if isinstance(first, TaylorMapping):
         return taylor_apply(TaylorMapping.stacked_block(blocks), x, first.order)
+    if isinstance(first, ExpMapping):
+        return exp_apply(ExpMapping.stacked_block(blocks), x)
     if isinstance(first, PauliMap):
         return pauli_apply(PauliMap.stacked_theta(blocks), x, first.n_qubits, first.layers, first.signs)
     return torch.stack([b.matmul(xb) for b, xb in zip(blocks, x.unbind(0))])
@@ -234,7 +259,7 @@ class _CSDFactor(nn.Module):
 class QSDMap(StiefelMap):
     """``U = Q[:, :k]`` of the recursive CSD (Eq. 4); see the module docstring for math and count.
 
-    Options: ``block`` ("pauli" | "taylor", default "pauli"), ``block_options`` (dict passed to every
+    Options: ``block`` ("pauli" | "taylor" | "exp", default "pauli"), ``block_options`` (dict passed to every
     block, default None = {}), ``angles`` ("per_pair" | "single_angle" | "fixed", default "per_pair").
     """
 
@@ -250,7 +275,7 @@ class QSDMap(StiefelMap):
         angles: str = "per_pair",
     ) -> None:
         super().__init__(n, k)
-        options = _check_common(n, block, block_options)
+        options = _check_common(n, k, block, block_options)
         self.angles = _check_angles(angles)
         self.root = _build_factor(n, k, block, options, self.angles)
 
@@ -258,7 +283,7 @@ class QSDMap(StiefelMap):
     def num_parameters(
         n: int, k: int, block: str = "pauli", block_options: dict[str, Any] | None = None, angles: str = "per_pair"
     ) -> int:
-        options = _check_common(n, block, block_options)
+        options = _check_common(n, k, block, block_options)
         return _factor_count(n, k, block, options, _check_angles(angles))
 
     def reset_parameters(self) -> None:
@@ -290,7 +315,7 @@ class QSDMap(StiefelMap):
 class PadMap(StiefelMap):
     """First ``n`` rows of a ``block`` on the next power of two, re-orthonormalized by sign-fixed QR.
 
-    Options: ``block`` ("pauli" | "taylor", default "pauli"), ``block_options`` (default None = {}).
+    Options: ``block`` ("pauli" | "taylor" | "exp", default "pauli"), ``block_options`` (default None = {}).
     Count: the block's count on :math:`(2^{\\lceil\\log_2 n\\rceil}, k)`.
     """
 
@@ -298,12 +323,12 @@ class PadMap(StiefelMap):
 
     def __init__(self, n: int, k: int, *, block: str = "pauli", block_options: dict[str, Any] | None = None) -> None:
         super().__init__(n, k)
-        options = _check_common(n, block, block_options)
+        options = _check_common(n, k, block, block_options)
         self.block = build_mapping(block, 1 << (n - 1).bit_length(), k, **options)
 
     @staticmethod
     def num_parameters(n: int, k: int, block: str = "pauli", block_options: dict[str, Any] | None = None) -> int:
-        options = _check_common(n, block, block_options)
+        options = _check_common(n, k, block, block_options)
         return _block_count(block, 1 << (n - 1).bit_length(), k, options)
 
     def reset_parameters(self) -> None:
