@@ -98,16 +98,21 @@ class Method:
 class QuantumPeftMethod(Method):
     """Quantum-PEFT through the ``qpeft`` library."""
 
+    def __init__(self, model: nn.Module, cfg: DictConfig) -> None:
+        super().__init__(model, cfg)
+        self._logged: set[str] = set()  # guard warnings already written to the run log
+
     def diagnostics(self) -> dict[str, float]:
         """Every factor's ``‖UᵀU − I‖_F`` now, through the model's guard (``method.unitarity_tolerance``):
         a factor above the tolerance is warned about once, by name, here and in the log."""
         guard = self.model.guard
-        before = set(guard.warned)
         errors = self.model.check_unitarity()
-        for name in sorted(guard.warned - before):
-            log.warning("adapter factor %s: ‖UᵀU − I‖_F = %.3g > method.unitarity_tolerance=%g; this run's "
-                        "factors are not orthonormal (see the ManifoldWarning above)", name.split(":")[0],
-                        errors.get(name.split(":")[0], float("nan")), guard.tolerance)
+        for name in sorted(guard.warned - self._logged):  # warned here or by a training-time check
+            self._logged.add(name)
+            factor = name.split(":")[0]
+            log.warning("adapter factor %s: ‖UᵀU − I‖_F = %.3g now (tolerance method.unitarity_tolerance=%g); "
+                        "it left the Stiefel manifold during this run (see its ManifoldWarning)", factor,
+                        errors.get(factor, float("nan")), guard.tolerance)
         if not errors:
             return {}
         return {"qpeft/unitarity_error_max": max(errors.values()),

@@ -87,7 +87,7 @@ class UnitarityGuard:
                 mapping = (mappings or {}).get(name)
                 warnings.warn(
                     f"qpeft: adapter factor {name} left the Stiefel manifold: ‖UᵀU − I‖_F = {error:.3g} > "
-                    f"tolerance {self.tolerance:g}{_hint(mapping)}", ManifoldWarning, stacklevel=4)
+                    f"tolerance {self.tolerance:g}{_hint(mapping)}", ManifoldWarning, stacklevel=2)
         return offenders
 
     def _check_neumann(self, mappings: dict[str, object]) -> None:
@@ -101,7 +101,7 @@ class UnitarityGuard:
             if not norm < 1.0:
                 self.warned.add(key)
                 warnings.warn(f"qpeft: neumann factor {name} has ‖S‖₂ = {norm:.3g} >= 1, where its series diverges; "
-                              "use mapping 'cayley' (exact, same parameters)", ManifoldWarning, stacklevel=4)
+                              "use mapping 'cayley' (exact, same parameters)", ManifoldWarning, stacklevel=2)
 
 
 def _hint(mapping: object) -> str:
