@@ -6,7 +6,11 @@ For each mapping and N (2^4 … 2^12, plus 768 and 3072), rank K = min(K, N):
 - time: median forward+backward of ``(U * G).sum()``, after a warm-up call.
 Mappings that need a power of two (pauli, node) are run at 768/3072 through ``qsd`` and ``pad``.
 Then two side-by-side ratios: Pauli K-column construction vs the dense N×N circuit matrix, and
-low-rank vs dense Taylor, both at N = ``--ratio-n``.
+low-rank vs dense Taylor, both at N = ``--ratio-n``.  Last, the exact exponential three ways at
+N = 768 … 4096 (``--exp-sizes``), for K' = 1 and K' = K: the low-rank ``exp`` (``exp_columns``), Taylor at
+P = 18 (``taylor_columns``) and the dense ``torch.linalg.matrix_exp`` (``exp_dense``, only up to
+``--dense-max-n``: its forward+backward takes ~4 min at N = 4096 on one core), with the ratios
+dense/low-rank and Taylor/low-rank measured in this run.
 
     python scripts/bench_mappings.py            # writes results/bench/mappings.{json,png}
 """
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpeft.io import atomic_write, atomic_write_text  # noqa: E402
 from timing import median_ms  # noqa: E402
 from qpeft.unitary import build_mapping, mapping_class  # noqa: E402
-from qpeft.unitary.lie import taylor_columns, taylor_dense  # noqa: E402
+from qpeft.unitary.lie import exp_columns, exp_dense, taylor_columns, taylor_dense  # noqa: E402
 from qpeft.unitary.pauli import pauli_columns  # noqa: E402
 
 FIG6_MAPPINGS = ("exp", "cayley", "householder", "givens", "taylor", "neumann", "pauli", "rademacher", "qsd", "pad")
@@ -98,6 +102,28 @@ def side_by_side(n: int, k: int, repeats: int) -> dict:
     }
 
 
+def exp_comparison(sizes: list[int], k: int, repeats: int, dense_max_n: int) -> list[dict]:
+    """Forward+backward ms of the low-rank exp, Taylor P = 18 and dense exp on the same Θ, side by side."""
+    rows = []
+    for kp in sorted({1, k}):
+        for n in sizes:
+            torch.manual_seed(0)
+            block = build_mapping("exp", n, k, intrinsic_rank=kp).theta_block().detach().requires_grad_(True)
+            fns = {"exp_low_rank": lambda: exp_columns(block, k).sum().backward(),
+                   "taylor_p18": lambda: taylor_columns(block, k, 18).sum().backward()}
+            if n <= dense_max_n:
+                fns["exp_dense"] = lambda: exp_dense(block, k).sum().backward()
+            ms = {name: median_ms(fn, repeats if name != "exp_dense" else 1) for name, fn in fns.items()}
+            row = {"n": n, "k": k, "intrinsic_rank": kp, "ms": ms,
+                   "taylor_over_exp": ms["taylor_p18"] / ms["exp_low_rank"],
+                   "dense_over_exp": ms["exp_dense"] / ms["exp_low_rank"] if "exp_dense" in ms else None}
+            rows.append(row)
+            dense = f"{row['dense_over_exp']:.0f}x" if row["dense_over_exp"] else f"not run (N > {dense_max_n})"
+            print(f"exp N={n:5d} K={k} K'={kp}: low-rank {ms['exp_low_rank']:.2f} ms, Taylor P=18 "
+                  f"{row['taylor_over_exp']:.2f}x of it, dense {dense}", flush=True)
+    return rows
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -129,6 +155,8 @@ def main() -> None:
     parser.add_argument("--init-std", type=float, default=None, help="override every mapping's init_std")
     parser.add_argument("--max-ms", type=float, default=3000.0, help="stop growing N for a mapping slower than this")
     parser.add_argument("--ratio-n", type=int, default=4096)
+    parser.add_argument("--exp-sizes", nargs="*", type=int, default=[768, 1024, 2048, 3072, 4096])
+    parser.add_argument("--dense-max-n", type=int, default=1024, help="largest N for the dense matrix_exp")
     parser.add_argument("--mappings", nargs="*", default=list(FIG6_MAPPINGS))
     parser.add_argument("--sizes", nargs="*", type=int, default=SIZES)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: this 2-core machine is shared, "
@@ -156,12 +184,14 @@ def main() -> None:
     ratios = side_by_side(args.ratio_n, args.rank, args.repeats)
     print(f"\nN={ratios['n']} K={ratios['k']}: pauli K-columns vs dense circuit matrix {ratios['pauli_speedup']:.1f}x "
           f"(target >= 50x); low-rank vs dense Taylor {ratios['taylor_speedup']:.1f}x (target >= 20x)")
+    exp_rows = exp_comparison(args.exp_sizes, args.rank, args.repeats, args.dense_max_n)
     record = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "rows": rows, "skipped": skipped, "ratios": ratios,
+        "rows": rows, "skipped": skipped, "ratios": ratios, "exp_comparison": exp_rows,
+        "exp_targets": {"taylor_over_exp": 1.0, "dense_over_exp_at_768": 100.0},
     }
     atomic_write_text(args.out, json.dumps(record, indent=2))
     plot(rows, args.out.with_suffix(".png"))

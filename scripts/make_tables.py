@@ -158,6 +158,14 @@ def mapping_bench_table(path: Path) -> str | None:
     lines += ["", f"At N={ratios['n']}, K={ratios['k']}: Pauli K-columns vs dense circuit matrix "
               f"{ratios['pauli_speedup']:.0f}× (target ≥ 50×); low-rank vs dense Taylor {ratios['taylor_speedup']:.0f}× "
               "(target ≥ 20×)."]
+    if bench.get("exp_comparison"):
+        lines += ["", "Exact exponential, forward+backward ms (low-rank `exp` vs Taylor P = 18 vs dense `matrix_exp`, "
+                  "same Θ, one run; targets: Taylor/exp ≥ 1, dense/exp ≥ 100 at N = 768):", "",
+                  "| N | K | K' | exp (low-rank) ms | Taylor P=18 / exp | dense / exp |", "|---|---|---|---|---|---|"]
+        for r in bench["exp_comparison"]:
+            dense = f"{r['dense_over_exp']:.0f}×" if r["dense_over_exp"] else "not run"
+            lines.append(f"| {r['n']} | {r['k']} | {r['intrinsic_rank']} | {r['ms']['exp_low_rank']:.2f} | "
+                         f"{r['taylor_over_exp']:.2f}× | {dense} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from torch.autograd import gradcheck
 from qpeft import QPeftConfig, get_qpeft_model
 from qpeft.guard import ManifoldWarning
 from qpeft.unitary import build_mapping
-from qpeft.unitary.lie import exp_apply, exp_columns, exp_dense, generator_norm, skew_dense
+from qpeft.unitary.lie import exp_apply, exp_columns, exp_dense, generator_norm, phi_function, skew_dense
 from tests.unitary_helpers import ortho_error
 
 F64 = torch.float64
@@ -178,3 +178,15 @@ def test_neumann_warns_when_its_series_diverges() -> None:
             model(x)
     messages = [str(w.message) for w in caught if issubclass(w.category, ManifoldWarning)]
     assert any("0.u0" in m and "‖S‖₂ = 1.2" in m and ">= 1" in m for m in messages)
+
+
+@pytest.mark.parametrize("size, norm", [(2, 0.01), (8, 3.0), (32, 100.0)])
+def test_phi_equals_the_block_matrix_exponential(size: int, norm: float) -> None:
+    """φ(Z) by scaling and squaring = top-right block of exp([[Z, I], [0, 0]]), Z = (skew)·(PSD diagonal)."""
+    a = torch.randn(3, size, size, dtype=F64)
+    z = (a - a.mT) @ torch.diag_embed(torch.rand(3, size, dtype=F64))
+    z = z * (norm / torch.linalg.matrix_norm(z, ord=2).amax())
+    eye, zero = torch.eye(size, dtype=F64).expand_as(z), torch.zeros_like(z)
+    block = torch.cat([torch.cat([z, eye], -1), torch.cat([zero, zero], -1)], -2)
+    reference = torch.linalg.matrix_exp(block)[..., :size, size:]
+    assert ((phi_function(z) - reference).abs().max() / reference.abs().max()).item() < 1e-13
