@@ -140,3 +140,22 @@ def test_default_method_config_on_deberta_is_11160() -> None:
         mapping_options=OmegaConf.to_container(method.mapping_options),
     )
     assert sum(model_count(deberta_v3_base(), config).values()) == 11_160
+
+
+def _method_config(name: str, **extra: object) -> QPeftConfig:
+    from omegaconf import OmegaConf
+
+    method = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml")
+    return QPeftConfig(rank=method.rank, alpha=method.alpha, mapping=method.mapping,
+                       mapping_options=OmegaConf.to_container(method.mapping_options), **extra)
+
+
+@pytest.mark.parametrize("name", ["quantum_peft_taylor", "quantum_peft_exp"])
+def test_lie_method_configs_give_their_header_counts(name: str) -> None:
+    """The counts stated in the Lie method configs' headers (K = 3, K' = 1, λ included)."""
+    header = (Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml").read_text()
+    assert "DeBERTaV3-base, the six matrices: 165,960" in header and "(c_attn slices 0, 2): 98,352" in header
+    deberta = _method_config(name, target_modules=DEBERTA_TARGETS)
+    assert sum(model_count(deberta_v3_base(), deberta).values()) == 165_960
+    gpt2 = _method_config(name, target_modules=["c_attn"], fused_modules={"c_attn": [0, 2]}, fused_num_parts=3)
+    assert sum(model_count(gpt2_medium(), gpt2).values()) == 98_352

@@ -36,7 +36,7 @@ def test_orthonormal_small(name: str, n: int, k: int) -> None:
     assert max(adam_steps(module, LR[name])) < 1e-5
 
 
-@pytest.mark.parametrize("name", ("taylor", "cayley", "neumann"))
+@pytest.mark.parametrize("name", LIE)
 @pytest.mark.parametrize("n, k", SHAPES_LARGE)
 def test_orthonormal_large(name: str, n: int, k: int) -> None:
     module = build_mapping(name, n, k)
@@ -44,13 +44,12 @@ def test_orthonormal_large(name: str, n: int, k: int) -> None:
 
 
 @pytest.mark.parametrize("n", (768, 1024))
-def test_exp_large_float32(n: int) -> None:
-    # Dense float32 matrix_exp of an n x n S accumulates ~2e-5 of rounding at these sizes (the
-    # paper's "exp becomes inaccurate for large N"); its O(n³) backward is too slow for 3 steps here.
+def test_exp_large_float32_matches_taylor_at_small_norm(n: int) -> None:
+    # At the initial ‖S‖₂ ≈ 0.4, Taylor P = 18 is exact to float32 rounding: the two maps agree.
     module = build_mapping("exp", n, 16)
     with torch.no_grad():
         u = module()
-        assert ortho_error(u) < 1e-4
+        assert ortho_error(u) < 1e-5
         assert (u - taylor_columns(module.theta_block(), 16, 18)).abs().max() < 1e-5
 
 
