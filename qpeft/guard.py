@@ -46,14 +46,14 @@ def factor_errors(names: Sequence[str], layers: Sequence[QPeftLayer],
             for u in (*us, *vs):
                 u = u.detach().to(torch.promote_types(u.dtype, torch.float32))
                 eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
-                errors.append(torch.linalg.matrix_norm(u.mT @ u - eye).cpu())
-    values = torch.stack(errors).tolist() if errors else []
+                errors.append(torch.linalg.matrix_norm(u.mT @ u - eye))
+    values = torch.stack([e.to(errors[0].device) for e in errors]).tolist() if errors else []
     return {name: value for (name, _), value in zip(factor_names(names, layers), values)}
 
 
 @dataclass
 class UnitarityGuard:
-    """Remembers the worst ``‖UᵀU − I‖_F`` seen and warns once per factor above ``tolerance``.
+    r"""Remembers the worst ``‖UᵀU − I‖_F`` seen and warns once per factor above ``tolerance``.
 
     ``tolerance=None`` disables the warnings (errors are still tracked); ``check_every`` is the number
     of training forwards between two checks (0: only at evaluation).  ``neumann`` factors also warn once

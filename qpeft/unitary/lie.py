@@ -378,7 +378,7 @@ class ExpMapping(LowerEntries):
         return exp_columns(self.theta_block(), self.k)
 
     def matmul(self, x: Tensor) -> Tensor:
-        """:math:`\exp(S)\,x` with the whole ``n x n`` matrix, for ``x[..., n, m]`` (never formed)."""
+        r""":math:`\exp(S)\,x` with the whole ``n x n`` matrix, for ``x[..., n, m]`` (never formed)."""
         return exp_apply(self.theta_block(), x)
 
     @classmethod
