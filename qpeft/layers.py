@@ -169,9 +169,9 @@ class QPeftLayer(nn.Module):
         self.out_features, self.in_features = base_layer_shape(base_layer)
         self.fan_in_fan_out = self.kind == "conv1d" or config.fan_in_fan_out
         self.qpeft_adapters = nn.ModuleDict()
-        self.active_adapter: str | None = None
+        self._active_adapter: str | None = None  # peft's BaseTunerLayer names, so its layer status reads them
+        self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self.disabled = False
         self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
         self._cache_checked = False  # set by qpeft.batching once it proved the cache fresh for one forward
         self._precomputed: LayerFactors | None = None  # set by qpeft.batching
@@ -190,7 +190,7 @@ class QPeftLayer(nn.Module):
 
     def set_adapter(self, name: str | None) -> None:
         """Make ``name`` the active adapter; a layer that does not have it computes its base output."""
-        self.active_adapter = name if name in self.qpeft_adapters else None
+        self._active_adapter = name if name in self.qpeft_adapters else None
         self._cache = None
 
     def delete_adapter(self, name: str) -> None:
@@ -199,6 +199,28 @@ class QPeftLayer(nn.Module):
         del self.qpeft_adapters[name]
         if self.active_adapter == name:
             self.set_adapter(next(iter(self.qpeft_adapters), None))
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [] if self._active_adapter is None else [self._active_adapter]
+
+    @property
+    def disabled(self) -> bool:
+        """Adapters switched off: the layer computes its base output."""
+        return self._disable_adapters
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        self._disable_adapters = bool(value)
+
+    @property
+    def disable_adapters(self) -> bool:
+        """peft's name for :attr:`disabled` (read-only, as in peft)."""
+        return self._disable_adapters
 
     @property
     def adapter(self) -> QPeftAdapter:

@@ -80,16 +80,17 @@ def find_targets(model: nn.Module, config: QPeftConfig) -> list[tuple[str, nn.Mo
 
 
 def _add_adapter(module: nn.Module, config: QPeftConfig, slices: list[int] | None, adapter_name: str,
-                 rank: int, alpha: float) -> QPeftLayer:
+                 rank: int, alpha: float, layer_class: type[QPeftLayer]) -> QPeftLayer:
     """``module`` (already a ``QPeftLayer``) with adapter ``adapter_name`` added, or a new ``QPeftLayer`` around it."""
     if isinstance(module, QPeftLayer):
         module.add_adapter(adapter_name, config, slices, rank, alpha)
         return module
-    return QPeftLayer(module, config, slices, adapter_name, rank, alpha)
+    return layer_class(module, config, slices, adapter_name, rank, alpha)
 
 
-def inject(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_ADAPTER) -> list[str]:
-    """Add adapter ``adapter_name`` to every targeted layer (wrapping it in a ``QPeftLayer`` the first time)
+def inject(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_ADAPTER,
+           layer_class: type[QPeftLayer] = QPeftLayer) -> list[str]:
+    """Add adapter ``adapter_name`` to every targeted layer (wrapping it in a ``layer_class`` the first time)
     and to ``modules_to_save``; returns the adapted names.
 
     The model's first adapter leaves only its own tensors trainable; a later one is added frozen and
@@ -102,7 +103,7 @@ def inject(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_AD
     for name, module in find_targets(model, config):
         rank, alpha = rank_and_alpha(name, config)
         try:
-            layer = _add_adapter(module, config, fused_slices(name, config), adapter_name, rank, alpha)
+            layer = _add_adapter(module, config, fused_slices(name, config), adapter_name, rank, alpha, layer_class)
         except ValueError as err:
             raise ValueError(
                 f"cannot adapt {name!r} (out x in = {base_layer_shape(module)}): {err}. For widths that are not "
@@ -236,7 +237,8 @@ class QPeftModel(nn.Module):
 
     @peft_config.setter
     def peft_config(self, value: Any) -> None:
-        foreign = sorted({str(getattr(c, "peft_type", c)) for c in dict(value).values()} - {PEFT_TYPE})
+        types = {getattr(c, "peft_type", None) for c in dict(value).values()}
+        foreign = sorted({str(getattr(t, "value", t)) for t in types} - {PEFT_TYPE})
         raise TypeError(
             f"a QPeftModel cannot be wrapped by another peft tuner ({', '.join(foreign) or 'QPEFT'}): peft freezes "
             "every parameter but its own and has now modified this model; rebuild it. To combine methods, "

@@ -10,8 +10,9 @@ Nothing of peft or transformers is patched.
 **Classes.**  peft and ``transformers.Trainer`` recognise adapters by ``isinstance(model, peft.PeftModel)``.
 The classes here are qpeft's own (first in the MRO, with their own ``__init__``) that are *also* peft's:
 ``QPeftModel`` is a ``peft.PeftModel`` (``qpeft.QPeftModel(...)`` builds this one when peft is installed),
-``QPeftTuner`` a ``peft`` ``BaseTuner`` (what ``peft.PeftModel.from_pretrained`` builds from the registry) and
-``QPeftConfig`` a ``peft.PeftConfig`` (what ``peft.PeftConfig.from_pretrained`` returns for a qpeft adapter).
+``QPeftTuner`` a ``peft`` ``BaseTuner`` (what ``peft.PeftModel.from_pretrained`` builds from the registry),
+``QPeftLayer`` a ``BaseTunerLayer`` (the layers that tuner injects) and ``QPeftConfig`` a ``peft.PeftConfig``
+(what ``peft.PeftConfig.from_pretrained`` returns for a qpeft adapter).
 Every peft method qpeft does not serve is overridden to raise (``qpeft.model._unsupported``).
 """
 
@@ -22,12 +23,13 @@ from typing import Any
 
 from peft import PeftConfig, PeftModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from qpeft import config as _config
 from qpeft import model as _model
 from qpeft import tuner as _tuner
-from qpeft.layers import ADAPTER_PREFIX, QPeftLayer
+from qpeft import layers as _layers
+from qpeft.layers import ADAPTER_PREFIX
 
 
 @dataclass
@@ -39,10 +41,15 @@ class QPeftConfig(_config.QPeftConfig, PeftConfig):
         return {f.name: getattr(self, f.name) for f in fields(_config.QPeftConfig)}
 
 
+class QPeftLayer(_layers.QPeftLayer, BaseTunerLayer):
+    """:class:`qpeft.QPeftLayer` that is also a peft ``BaseTunerLayer`` (peft's layer and model status read it)."""
+
+
 class QPeftTuner(_tuner.QPeftTuner, BaseTuner):
     """:class:`qpeft.tuner.QPeftTuner` that is also a peft ``BaseTuner``; it injects with its own code."""
 
     tuner_layer_cls = QPeftLayer
+    layer_class = QPeftLayer
     target_module_mapping: dict[str, list[str]] = {}
 
     def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:

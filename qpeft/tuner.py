@@ -45,6 +45,7 @@ class QPeftTuner(nn.Module):
     """
 
     prefix = ADAPTER_PREFIX
+    layer_class: type[QPeftLayer] = QPeftLayer
 
     def __init__(
         self,
@@ -106,7 +107,7 @@ class QPeftTuner(nn.Module):
         config = self.peft_config[adapter_name]
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
-        inject(model, config, adapter_name)
+        inject(model, config, adapter_name, self.layer_class)
         self._refresh()
 
     def _refresh(self) -> None:
