@@ -313,8 +313,8 @@ class QPeftModel(nn.Module):
 
     get_prompt = _unsupported("get_prompt", "Quantum-PEFT is not a prompt-learning method")
     get_prompt_embedding_to_save = _unsupported("get_prompt_embedding_to_save", "no prompt embeddings")
-    get_layer_status = _unsupported("get_layer_status", "qpeft layers are not peft BaseTunerLayers; see qpeft_layers()")
-    get_model_status = _unsupported("get_model_status", "qpeft layers are not peft BaseTunerLayers; see qpeft_layers()")
+    get_layer_status = _unsupported("get_layer_status", "it needs peft installed; see qpeft_layers()")
+    get_model_status = _unsupported("get_model_status", "it needs peft installed; see qpeft_layers()")
     enable_peft_hotswap = _unsupported("enable_peft_hotswap", "hotswapping is peft's LoRA feature")
 
     # ------------------------------------------------------------ inspection
@@ -473,6 +473,9 @@ that only know LoRA.
 
         from qpeft.hub import resolve_file
 
+        for option in ("low_cpu_mem_usage", "ephemeral_gpu_offload"):
+            if kwargs.pop(option, False):
+                raise NotImplementedError(f"load_adapter({option}=True) is not supported by qpeft")
         if adapter_name not in self.peft_config:
             config = QPeftConfig.from_pretrained(model_id, subfolder, **kwargs)
             config.inference_mode = not is_trainable

@@ -54,7 +54,7 @@ class _PeftFinder(importlib.abc.MetaPathFinder):
 
 def register_when_imported() -> None:
     """Register now if peft is imported, else as soon as it is (no-op when peft is not installed)."""
-    if "peft" in sys.modules:
+    if sys.modules.get("peft") is not None:
         _register()
     elif peft_installed() and not any(isinstance(f, _PeftFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _PeftFinder())

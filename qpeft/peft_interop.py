@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from peft import PeftConfig, PeftModel
+from peft.peft_model import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
@@ -60,6 +61,14 @@ class QPeftModel(_model.QPeftModel, PeftModel):
     """:class:`qpeft.QPeftModel` that is also a ``peft.PeftModel``."""
 
     tuner_class = QPeftTuner
+
+    def get_layer_status(self) -> list[TunerLayerStatus]:
+        """peft's status of every adapted layer (qpeft's layers are ``BaseTunerLayer``\ s here)."""
+        return get_layer_status(self)
+
+    def get_model_status(self) -> TunerModelStatus:
+        """peft's status of the whole model."""
+        return get_model_status(self)
 
 
 def register() -> None:

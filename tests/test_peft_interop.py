@@ -66,6 +66,39 @@ def test_import_qpeft_registers_qpeft_with_peft(order: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+WITHOUT_HF = r"""
+import sys, tempfile, warnings
+warnings.simplefilter("error")
+for name in ("transformers", "peft", "huggingface_hub"):
+    sys.modules[name] = None  # importing any of them raises ImportError
+import torch
+from torch import nn
+from qpeft import QPeftConfig, QPeftModel, get_qpeft_model
+
+def base():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+
+model = get_qpeft_model(base(), QPeftConfig(target_modules=["0", "2"], rank=2, mapping="taylor"))
+assert type(model) is QPeftModel
+with torch.no_grad():
+    for p in model.parameters():
+        if p.requires_grad:
+            p.normal_()
+directory = tempfile.mkdtemp()
+model.save_pretrained(directory)
+model.save_pretrained(directory + "/lora", as_lora=True)
+x = torch.randn(3, 8)
+assert torch.equal(QPeftModel.from_pretrained(base(), directory)(x), model.eval()(x))
+"""
+
+
+def test_qpeft_works_without_transformers_and_peft() -> None:
+    result = subprocess.run([sys.executable, "-c", WITHOUT_HF], capture_output=True, text=True,
+                            cwd=Path(qpeft.__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_peft_loads_a_qpeft_adapter_with_qpeft_s_outputs(base_dir: Path, adapter: tuple[Path, torch.Tensor],
                                                           tmp_path: Path) -> None:
     directory, expected = adapter
@@ -105,6 +138,8 @@ def test_peft_get_peft_model_builds_the_same_adapter(base_dir: Path) -> None:
 def test_trainer_and_peft_see_a_peft_model(base_dir: Path) -> None:
     model = get_qpeft_model(_base(base_dir), QPeftConfig(**CONFIG))
     assert isinstance(model, PeftModel) and _is_peft_model(model)
+    status = model.get_model_status()
+    assert status.num_adapter_layers == 4 and status.active_adapters == ["default"] and status.enabled is True
     assert model.get_base_model().__class__ is GPT2LMHeadModel
     assert model.base_model.model is model.get_base_model()  # peft's layout: base_model.model
     clone = copy.deepcopy(model)
@@ -134,8 +169,8 @@ def test_calls_qpeft_cannot_serve_say_so(base_dir: Path, adapter: tuple[Path, to
     with pytest.raises(TypeError, match="cannot be wrapped by another peft tuner \\(LORA\\)"):
         peft.get_peft_model(model, LoraConfig(target_modules=["c_proj"]))
     model = get_qpeft_model(_base(base_dir), QPeftConfig(**CONFIG))
-    for call, match in [(model.get_prompt, "prompt-learning"), (model.get_model_status, "BaseTunerLayer"),
-                        (model.enable_peft_hotswap, "hotswapping")]:
+    for call, match in [(model.get_prompt, "prompt-learning"), (model.enable_peft_hotswap, "hotswapping"),
+                        (lambda: model.load_adapter(directory, "x", low_cpu_mem_usage=True), "low_cpu_mem_usage")]:
         with pytest.raises(NotImplementedError, match=match):
             call()
     with pytest.raises(NotImplementedError, match="mixed adapter batches"):
