@@ -144,7 +144,8 @@ class FactorSession:
     ``built[j] = (us, vs)`` belongs to ``layers[j]`` (index ``index[j]`` in the model's layer list).
     """
 
-    def __init__(self, index: list[int], layers: list[QPeftLayer], built: list[tuple[list[Tensor], list[Tensor]]]) -> None:
+    def __init__(self, index: list[int], layers: list[QPeftLayer],
+                 built: list[tuple[list[Tensor], list[Tensor]]]) -> None:
         self.index = index
         self.layers = layers
         self.built = built

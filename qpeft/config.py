@@ -126,7 +126,9 @@ class QPeftConfig:
         default_factory=dict, metadata={"help": "Module-name regex (matched as a suffix, as in peft) -> alpha."}
     )
     task_type: str | None = field(default=None, metadata={"help": f"peft's task type: one of {TASK_TYPES} or None."})
-    inference_mode: bool = field(default=False, metadata={"help": "Adapter tensors frozen (set when loaded for inference)."})
+    inference_mode: bool = field(
+        default=False, metadata={"help": "Adapter tensors frozen (set when loaded for inference)."}
+    )
     revision: str | None = field(default=None, metadata={"help": "Revision of the base model (peft's field)."})
     peft_type: str = field(default=PEFT_TYPE, metadata={"help": f"Always {PEFT_TYPE!r}: how peft recognises the file."})
 
@@ -180,8 +182,10 @@ class QPeftConfig:
         self.target_modules = _names("target_modules", self.target_modules)
         self.exclude_modules = None if self.exclude_modules is None else _names("exclude_modules", self.exclude_modules)
         self._check_layers()
-        self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern, lambda v: _is_real(v) and v > 0, "reals > 0")
+        self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v >= 1,
+                                     "integers >= 1")
+        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern, lambda v: _is_real(v) and v > 0,
+                                      "reals > 0")
         task = getattr(self.task_type, "value", self.task_type)  # peft's TaskType members are accepted too
         _choice("task_type", None if task is None else str(task), TASK_TYPES + (None,))
         self.task_type = None if task is None else str(task)

@@ -42,7 +42,8 @@ def module_count(out_features: int, in_features: int, config: QPeftConfig, slice
 def model_count(model: nn.Module, config: QPeftConfig) -> dict[str, int]:
     """Per-target counts (without injecting) for ``model``; ``sum(...)`` is the adapter's total."""
     return {
-        name: module_count(*base_layer_shape(module), config, fused_slices(name, config), rank_and_alpha(name, config)[0])
+        name: module_count(*base_layer_shape(module), config, fused_slices(name, config),
+                           rank_and_alpha(name, config)[0])
         for name, module in find_targets(model, config)
     }
 

@@ -4,7 +4,8 @@ Per adapted layer, with the slices' factors packed as in the forward pass (``U_b
 ``V_big``: ``in x S·K``, see ``qpeft.layers``):
 
 .. math:: \Delta W = \tfrac{\alpha}{K}\, U\,\mathrm{diag}(\lambda)\, V^\top = B A,\qquad
-          B = \tfrac{\alpha}{K}\, U_{big}\,\mathrm{diag}(\lambda) \;(out \times S K),\quad A = V_{big}^\top \;(S K \times in),
+          B = \tfrac{\alpha}{K}\, U_{big}\,\mathrm{diag}(\lambda) \;(out \times S K),\quad
+          A = V_{big}^\top \;(S K \times in),
 
 a peft LoRA of rank ``r = S·K`` with ``lora_alpha = r`` (scaling 1; per-layer values go to ``rank_pattern`` /
 ``alpha_pattern``).  peft's LoRA cannot target some output slices of a fused layer, so a fused GPT-2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,8 @@ import torch
 from torch import nn
 
 from qpeft.batching import FactorBatcher
-from qpeft.config import ALL_LINEAR, CONFIG_NAME, PEFT_TYPE, QPeftConfig
-from qpeft.guard import DEFAULT_CHECK_EVERY, DEFAULT_TOLERANCE, UnitarityGuard, factor_errors
+from qpeft.config import ALL_LINEAR, PEFT_TYPE, QPeftConfig
+from qpeft.guard import UnitarityGuard, factor_errors
 from qpeft.io import atomic_write
 from qpeft.layers import ModulesToSave, QPeftLayer, base_layer_kind, base_layer_shape
 from qpeft.peft_hook import peft_installed
@@ -25,7 +26,7 @@ from qpeft.state import (
     set_requires_grad,
 )
 from qpeft.targets import head_names, in_layers, name_matches, rank_and_alpha, suffix_match
-from qpeft.tuner import QPeftTuner, check_adapter_name, set_submodule
+from qpeft.tuner import QPeftTuner, check_adapter_name, forward_attribute, set_submodule
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 DEFAULT_ADAPTER = "default"
@@ -146,7 +147,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-_OPTIONS = ("batch_factors", "checkpoint_factors", "compile_factors", "unitarity_tolerance", "unitarity_check_every")
+#: The keyword options of :class:`QPeftModel` (those of :class:`QPeftTuner`).
+OPTIONS = tuple(p.name for p in inspect.signature(QPeftTuner.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY)
 
 
 def _unsupported(name: str, reason: str) -> Any:
@@ -192,22 +194,10 @@ class QPeftModel(nn.Module):
             from qpeft.peft_interop import QPeftModel as cls  # the same class, also a peft.PeftModel
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config: QPeftConfig,
-        adapter_name: str = DEFAULT_ADAPTER,
-        batch_factors: bool = True,
-        checkpoint_factors: bool = True,
-        compile_factors: bool = False,
-        unitarity_tolerance: float | None = DEFAULT_TOLERANCE,
-        unitarity_check_every: int = DEFAULT_CHECK_EVERY,
-    ) -> None:
+    def __init__(self, model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_ADAPTER,
+                 **options: Any) -> None:
         nn.Module.__init__(self)  # not super(): the peft flavour also derives from peft.PeftModel
-        self.base_model = self.tuner_class(
-            model, {adapter_name: config}, adapter_name, batch_factors=batch_factors,
-            checkpoint_factors=checkpoint_factors, compile_factors=compile_factors,
-            unitarity_tolerance=unitarity_tolerance, unitarity_check_every=unitarity_check_every)
+        self.base_model = self.tuner_class(model, {adapter_name: config}, adapter_name, **options)
         self._adapters_disabled = False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -222,12 +212,7 @@ class QPeftModel(nn.Module):
             return self.get_base_model().generate(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_") or name == "base_model":
-                raise
-            return getattr(self._modules["base_model"], name)
+        return forward_attribute(self, name, "base_model")
 
     # ------------------------------------------------------------ peft's attributes
     @property
@@ -458,7 +443,7 @@ that only know LoRA.
         """Inject the saved adapter into ``model`` and load its tensors; in eval mode and frozen unless
         ``is_trainable`` (as peft).  ``model_id``: a directory or a Hub repo; ``kwargs``: the options of
         :class:`QPeftModel` and download options (``revision``, ``token``, ...)."""
-        options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        options = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
         config = config or QPeftConfig.from_pretrained(model_id, subfolder, **kwargs)
         config.inference_mode = not is_trainable
         wrapped = cls(model, config, adapter_name, **options)

@@ -64,14 +64,21 @@ def adapter_state_dict(model: nn.Module, bias: str = "none", adapter_name: str |
     return {saved: value for saved, value in pairs if saved is not None}
 
 
-def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str, bias: str) -> None:
-    """Load a saved adapter's tensors into ``adapter_name``; every expected key must be present, no other."""
+def remap_for_load(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str,
+                   bias: str) -> dict[str, torch.Tensor]:
+    """A saved adapter's tensors under ``model``'s keys for ``adapter_name``; every expected key must be
+    present and no other (``KeyError`` naming the first few)."""
     expected = load_map(model, adapter_name, bias)
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise KeyError(f"adapter state mismatch: missing {missing[:5]} unexpected {unexpected[:5]}")
-    model.load_state_dict({expected[k]: v for k, v in state.items()}, strict=False)
+    return {expected[k]: v for k, v in state.items()}
+
+
+def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str, bias: str) -> None:
+    """Load a saved adapter's tensors into ``adapter_name`` (see :func:`remap_for_load`)."""
+    model.load_state_dict(remap_for_load(model, state, adapter_name, bias), strict=False)
 
 
 def active_adapter_name(model: nn.Module) -> str | None:

@@ -63,7 +63,8 @@ def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
 
 def rank_and_alpha(name: str, config: QPeftConfig) -> tuple[int, float]:
     """``(K, α)`` of module ``name``: ``rank_pattern`` / ``alpha_pattern`` override ``rank`` / ``alpha``."""
-    return pattern_value(config.rank_pattern, name, config.rank), pattern_value(config.alpha_pattern, name, config.alpha)
+    rank = pattern_value(config.rank_pattern, name, config.rank)
+    return rank, pattern_value(config.alpha_pattern, name, config.alpha)
 
 
 def head_names(model: nn.Module, config: QPeftConfig) -> set[str]:

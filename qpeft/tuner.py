@@ -21,12 +21,23 @@ from qpeft.batching import FactorBatcher
 from qpeft.config import QPeftConfig
 from qpeft.guard import DEFAULT_CHECK_EVERY, DEFAULT_TOLERANCE, UnitarityGuard
 from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, stale_flags
-from qpeft.state import PEFT_PREFIX, load_map, saved_key, set_adapter_trainable, set_requires_grad
+from qpeft.state import PEFT_PREFIX, remap_for_load, saved_key, set_adapter_trainable, set_requires_grad
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def forward_attribute(module: nn.Module, name: str, child: str) -> Any:
+    """``module``'s attribute ``name``, else the one of its submodule ``child`` (a wrapper that reads as what it
+    wraps); private names and ``child`` itself are never forwarded, so a half-built wrapper cannot recurse."""
+    try:
+        return nn.Module.__getattr__(module, name)
+    except AttributeError:
+        if name.startswith("_") or name == child:
+            raise
+        return getattr(module._modules[child], name)
 
 
 def check_adapter_name(name: Any) -> str:
@@ -84,12 +95,7 @@ class QPeftTuner(nn.Module):
         self.set_adapter(adapter_name, inference_mode=self.peft_config[adapter_name].inference_mode)
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_") or name == "model":
-                raise
-            return getattr(self._modules["model"], name)
+        return forward_attribute(self, name, "model")
 
     # ------------------------------------------------------------ adapters
     @property
@@ -115,8 +121,11 @@ class QPeftTuner(nn.Module):
         named = [(n, m) for n, m in self.model.named_modules() if isinstance(m, QPeftLayer)]
         self._names, self._layers = [n for n, _ in named], [m for _, m in named]
 
+    def _wrappers(self) -> list[tuple[str, QPeftLayer | ModulesToSave]]:
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, (QPeftLayer, ModulesToSave))]
+
     def _switches(self) -> list[QPeftLayer | ModulesToSave]:
-        return [m for m in self.model.modules() if isinstance(m, (QPeftLayer, ModulesToSave))]
+        return [m for _, m in self._wrappers()]
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make ``adapter_name`` the active adapter: trainable unless ``inference_mode``, every other one frozen."""
@@ -137,12 +146,13 @@ class QPeftTuner(nn.Module):
             raise ValueError(f"adapter {adapter_name!r} not found; available: {sorted(self.peft_config)}")
         if len(self.peft_config) == 1:
             raise ValueError(f"adapter {adapter_name!r} is the only one; use unload() to remove it")
-        for name, module in [(n, m) for n, m in self.model.named_modules() if isinstance(m, (QPeftLayer, ModulesToSave))]:
+        for name, module in self._wrappers():
             adapters = module.qpeft_adapters if isinstance(module, QPeftLayer) else module.qpeft_modules_to_save
             if adapter_name in adapters:
                 module.delete_adapter(adapter_name)
-            if not len(adapters) and not getattr(module, "merged", False):
-                set_submodule(self.model, name, module.base_layer if isinstance(module, QPeftLayer) else module.original_module)
+            if not len(adapters) and not getattr(module, "merged", False):  # nothing left on it
+                plain = module.base_layer if isinstance(module, QPeftLayer) else module.original_module
+                set_submodule(self.model, name, plain)
         del self.peft_config[adapter_name]
         self._refresh()
         if self.active_adapter == adapter_name:
@@ -192,9 +202,10 @@ class QPeftTuner(nn.Module):
 
     def unload(self) -> nn.Module:
         """The base model without any wrapper (merged updates stay in ``W``; heads keep the active copy, as in peft)."""
-        for name, module in [(n, m) for n, m in self.model.named_modules() if isinstance(m, (QPeftLayer, ModulesToSave))]:
+        for name, module in self._wrappers():
             module.disabled = False
-            set_submodule(self.model, name, module.base_layer if isinstance(module, QPeftLayer) else module.active_module)
+            plain = module.base_layer if isinstance(module, QPeftLayer) else module.active_module
+            set_submodule(self.model, name, plain)
         self._refresh()
         return self.model
 
@@ -270,12 +281,7 @@ class QPeftTuner(nn.Module):
     def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: QPeftConfig, adapter_name: str,
                                            state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """peft's hook: saved names -> this model's keys; every adapter tensor must be present and nothing else."""
-        expected = load_map(model, adapter_name, config.bias)
-        state = {k.removeprefix(PEFT_PREFIX): v for k, v in state_dict.items()}
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise KeyError(f"qpeft adapter state mismatch: missing {missing[:5]} unexpected {unexpected[:5]}")
-        return {expected[k]: v for k, v in state.items()}
+        return remap_for_load(model, state_dict, adapter_name, config.bias)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         """Yes, exactly: ``QPeftModel.save_pretrained(path, as_lora=True)`` (peft's own ``convert_to_lora`` does

@@ -104,7 +104,8 @@ def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path: P
     full = _model(kind)
     _trainer(full, kind, tmp_path / "full", []).train()
     resumed = _model(kind)  # a fresh adapter: only the checkpoint can bring it to step 2
-    _trainer(resumed, kind, tmp_path / "resumed", []).train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    checkpoint = str(tmp_path / "full" / "checkpoint-2")
+    _trainer(resumed, kind, tmp_path / "resumed", []).train(resume_from_checkpoint=checkpoint)
     expected, got = _adapter(full), _adapter(resumed)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)

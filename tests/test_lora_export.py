@@ -82,8 +82,8 @@ def test_lora_export_loads_in_plain_peft_without_qpeft(tmp_path: Path) -> None:
         model.save_pretrained(tmp_path / name / "lora", as_lora=True)
         with torch.no_grad():
             expected[name] = model(input_ids=IDS).logits
-        cases[name] = {"cls": cls.__name__, "base": str(tmp_path / name / "base"), "lora": str(tmp_path / name / "lora"),
-                       "ids": IDS}
+        cases[name] = {"cls": cls.__name__, "base": str(tmp_path / name / "base"),
+                       "lora": str(tmp_path / name / "lora"), "ids": IDS}
     torch.save(cases, tmp_path / "cases.pt")
     result = subprocess.run([sys.executable, "-c", PLAIN_PEFT, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
                             capture_output=True, text=True, cwd=tmp_path)

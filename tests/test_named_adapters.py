@@ -108,7 +108,8 @@ def test_delete_adapter_unwraps_what_only_it_adapted() -> None:
 def test_save_and_load_every_adapter(tmp_path: Path) -> None:
     model, states = _two()
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").is_file() and (tmp_path / "second" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "second" / "adapter_config.json").is_file()
     torch.manual_seed(0)
     loaded = QPeftModel.from_pretrained(MLP(), tmp_path)
     loaded.load_adapter(tmp_path / "second", "second")

@@ -27,6 +27,7 @@ from tests.tiny_models import randomize_adapters, tiny_gpt2
 CONFIG = dict(target_modules=["c_attn", "c_fc"], rank=2, mapping="taylor", mapping_options={"intrinsic_rank": 1},
               fused_modules={"c_attn": [0, 2]}, task_type="CAUSAL_LM")
 IDS = torch.randint(1, 97, (2, 9), generator=torch.Generator().manual_seed(1))
+REPO = Path(qpeft.__file__).parents[1]  # subprocesses import this checkout's qpeft
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_import_qpeft_registers_qpeft_with_peft(order: str) -> None:
         else "import peft, qpeft"
     code = f"{imports}\nfrom peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as C, PEFT_TYPE_TO_TUNER_MAPPING as T\n" \
            "assert C['QPEFT'].__module__ == T['QPEFT'].__module__ == 'qpeft.peft_interop', (C, T)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(qpeft.__file__).parents[1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -94,8 +95,7 @@ assert torch.equal(QPeftModel.from_pretrained(base(), directory)(x), model.eval(
 
 
 def test_qpeft_works_without_transformers_and_peft() -> None:
-    result = subprocess.run([sys.executable, "-c", WITHOUT_HF], capture_output=True, text=True,
-                            cwd=Path(qpeft.__file__).parents[1])
+    result = subprocess.run([sys.executable, "-c", WITHOUT_HF], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
