@@ -49,7 +49,7 @@ MAPPING_OPTIONS: dict[str, dict] = {
     # MiniLM's widths (384, 1536) are not powers of two, which plain Pauli circuits need: Eq. 4's
     # quantum Shannon decomposition (384 = 256 + 128) with Pauli circuits (Eq. 2) as its blocks
     "quantum_peft_qsd": {"block": "pauli", "block_options": {"layers": 1}, "angles": "per_pair"},
-    "quantum_peft_taylor": {"order": 4, "intrinsic_rank": 1},
+    "quantum_peft_taylor": {"order": 18, "intrinsic_rank": 1},
     "quantum_peft_exp": {"intrinsic_rank": 1},  # the exact exponential, same parameters as the Taylor run
 }
 
