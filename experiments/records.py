@@ -24,20 +24,27 @@ from qpeft.io import atomic_write_text
 SELECTION_RULE = "best dev epoch per seed (metric `optimized_metric`, evaluated every epoch or eval_every_steps)"
 
 
-def _git(*args: str) -> str | None:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str, repo: Path = REPO) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=repo)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_info() -> dict[str, Any]:
-    """SHA (None before the first commit), dirty flag and branch of the repository."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": sha is None or bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
+def git_info(repo: Path = REPO) -> dict[str, Any]:
+    """SHA (None before the first commit), dirty flag and branch of the repository.
+
+    Changes under ``results/`` do not make the tree dirty: records and tables are outputs of runs,
+    so one run writing its record must not send the next run of the same commit to ``temporary/``.
+    """
+    sha = _git("rev-parse", "HEAD", repo=repo)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)results", repo=repo)
+    return {"sha": sha, "dirty": sha is None or bool(status),
+            "branch": _git("rev-parse", "--abbrev-ref", "HEAD", repo=repo)}
 
 
 def _version(package: str) -> str | None:
@@ -98,7 +105,8 @@ def new_record(cfg_resolved: dict[str, Any], experiment: str, method: str, seed:
                      "git": git_info(), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "wall_seconds": None, "error": None},
         "train_info": {"status": "running", "trainable_params": None, "total_params": None, "adapter_bytes": None,
-                       "peak_memory_bytes": None, "ms_per_step": None, "steps": 0, "metrics": [], "unitarity_error_max": None,
+                       "peak_memory_bytes": None, "ms_per_step": None, "steps": 0, "metrics": [],
+                       "unitarity_error_max": None,
                        "optimized_metric": None, "best": None, "best_step": None, "final": None,
                        "selection_rule": SELECTION_RULE},
         "meta_info": meta_info(),

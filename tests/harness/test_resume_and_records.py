@@ -82,3 +82,26 @@ def test_record_schema(make_cfg, glue_dir, tmp_path) -> None:
     assert [m["step"] for m in info["metrics"]] == [1, 2] and "val/acc_best" in info["metrics"][-1]
     assert {"torch", "transformers", "peft", "bitsandbytes", "accelerate", "cuda", "gpu"} <= set(rec["meta_info"])
     assert rec["run_info"]["config"]["trainer"]["lr"] == 8e-4  # resolved, not an interpolation
+
+
+def test_records_do_not_make_the_tree_dirty(tmp_path) -> None:
+    """A run's own record (under results/) must not send the next run of the commit to temporary/."""
+    import subprocess
+
+    from experiments.records import git_info
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results" / "raw").mkdir(parents=True)
+    (tmp_path / "results" / "raw" / "a.json").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "init")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "raw" / "a.json").write_text('{"new": 1}\n')
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["dirty"] is True
