@@ -95,15 +95,17 @@ def demo_table(records: list[dict[str, Any]]) -> str:
         if _model(r) != "deberta_v3_base" or _tag(r):
             groups[(r["run_info"]["experiment"], _model(r), r["run_info"]["method"] + _tag(r))].append(r)
     lines = ["# Other runs (demo and small models; not paper numbers)", "",
-             "| experiment | model | method | trainable params | best metric | ms/step | adapter bytes | records |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| experiment | model | method | trainable params | best metric | max ‖UᵀU−I‖_F | ms/step | adapter bytes "
+             "| records |", "|---|---|---|---|---|---|---|---|---|"]
     for (experiment, model, method), runs in sorted(groups.items()):
         info = runs[0]["train_info"]
         metric = info.get("optimized_metric") or "val/acc"
         values = [v for v in (best_of(r, metric) for r in runs) if v is not None]
         ms = statistics.median(r["train_info"]["ms_per_step"] or 0 for r in runs)
+        ortho = [r["train_info"].get("unitarity_error_max") for r in runs]
+        ortho_cell = f"{max(ortho):.1e}" if all(v is not None for v in ortho) else "—"
         lines.append(f"| {experiment} | {model} | {method} | {info['trainable_params']:,} | "
-                     f"{metric} {aggregate(values) if values else '—'} | {ms:.0f} | {info['adapter_bytes']:,} | "
+                     f"{metric} {aggregate(values) if values else '—'} | {ortho_cell} | {ms:.0f} | {info['adapter_bytes']:,} | "
                      f"{', '.join(r['_file'] for r in runs)} |")
     return "\n".join(lines) + "\n"
 
