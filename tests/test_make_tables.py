@@ -33,7 +33,7 @@ def test_tables_use_best_epoch_mean_over_seeds_and_ignore_failed_and_temporary(t
                    capture_output=True)
     table2 = (tmp_path / "tables" / "table2_glue.md").read_text()
     qp_row = next(line for line in table2.splitlines() if line.startswith("| quantum_peft"))
-    assert "95.85 / 94.00 ± 1.41 (n=2)" in qp_row  # best epochs 0.95 and 0.93
+    assert "95.85 / 94.00 ± 1.41 (n=2, 3 seed(s) missing)" in qp_row  # best epochs 0.95 and 0.93
     lora_row = next(line for line in table2.splitlines() if line.startswith("| lora"))
     assert "94.95 / —" in lora_row  # the temporary record is ignored
     other = (tmp_path / "tables" / "other_runs.md").read_text()
