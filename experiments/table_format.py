@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 #: Unicode that LaTeX needs spelled out (math and dashes); everything else is escaped or passed through.
 LATEX_SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "−": r"$-$", "≥": r"$\geq$",
                  "≤": r"$\leq$", "≈": r"$\approx$", "‖": r"$\|$", "ᵀ": r"$^{\top}$", "′": "'", "…": r"\ldots{}",
-                 "→": r"$\to$", "₂": r"$_2$", "⚠": "(!)"}
+                 "→": r"$\to$", "₂": r"$_2$", "⚠": "(!)", "Θ": r"$\Theta$", "λ": r"$\lambda$", "φ": r"$\varphi$",
+                 "α": r"$\alpha$", "σ": r"$\sigma$", "§": r"\S{}", "·": r"$\cdot$", "’": "'"}
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -63,6 +64,7 @@ class Document:
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials and spell out the Unicode symbols the tables use; Markdown backticks dropped."""
+    """Escape LaTeX specials and spell out the Unicode symbols the tables use (the output is ASCII for
+    the tables we write: the tests check it); Markdown backticks dropped."""
     text = text.replace("`", "")
     return "".join(LATEX_SYMBOLS.get(ch) or LATEX_ESCAPES.get(ch) or ch for ch in text)

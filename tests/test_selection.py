@@ -123,6 +123,9 @@ def test_second_make_tables_is_byte_identical_in_markdown_and_latex(tmp_path: Pa
     tex = first["table2_glue.tex"].decode()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"95.00 $\pm$ 1.00" in tex
     assert "_" not in tex.replace(r"\_", "").split("\\begin{table}")[1].split("\\end{table}")[0]  # escaped
+    real = ROOT / "results" / "tables"  # the shipped tables too: pdflatex needs no Unicode setup for any of them
+    for path in [*(tmp_path / "tables").glob("*.tex"), *real.glob("*.tex")]:
+        assert path.read_text().isascii(), path
 
 
 def _reproduce(results: Path, *extra: str) -> str:
