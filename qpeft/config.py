@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,20 @@ QUANT_BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8)
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {list(allowed)}")
+
+
+def _number(name: str, value: Any, ok: Callable[[float], bool], allowed: str) -> None:
+    """``value`` must be a finite real number (never a bool) for which ``ok`` holds."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (real and ok(value)):
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {allowed}")
+
+
+def _names(name: str, value: Any, allowed: str) -> list[str]:
+    """``value`` as a list of module-name suffixes; anything else (a non-string entry, ...) is an error."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {allowed}")
+    return list(value)
 
 
 @dataclass
@@ -72,14 +88,15 @@ class QPeftConfig:
                 re.compile(self.target_modules)
             except re.error as err:
                 raise ValueError(f"QPeftConfig.target_modules={self.target_modules!r} is not a valid regex: {err}")
-        else:
-            self.target_modules = list(self.target_modules)
-        if not isinstance(self.rank, int) or self.rank < 1:
+        else:  # a list of suffixes (or a single regex string, above)
+            self.target_modules = _names("target_modules", self.target_modules,
+                                         "a list of module-name suffixes (strings) or one regex, e.g. ['query', 'value']")
+        self.modules_to_save = _names("modules_to_save", self.modules_to_save,
+                                      "a list of module-name suffixes (strings), e.g. ['classifier'], not a bare string")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"QPeftConfig.rank={self.rank!r} is invalid; allowed values: integers >= 1")
-        if not self.alpha > 0:
-            raise ValueError(f"QPeftConfig.alpha={self.alpha!r} is invalid; allowed values: > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"QPeftConfig.dropout={self.dropout!r} is invalid; allowed values: 0 <= dropout < 1")
+        _number("alpha", self.alpha, lambda a: a > 0, "a finite number > 0")
+        _number("dropout", self.dropout, lambda d: 0.0 <= d < 1.0, "a number 0 <= dropout < 1")
         _choice("bias", self.bias, BIAS_CHOICES)
         if self.quant_bits is not None:
             _choice("quant_bits", self.quant_bits, QUANT_BIT_CHOICES)
@@ -142,4 +159,13 @@ class QPeftConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the adapter config is damaged") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a {type(data).__name__}, not a QPeftConfig object")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err

@@ -66,17 +66,28 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _advice(shape: tuple[int, int], config: QPeftConfig, fused: bool) -> str:
+    """What to change when a layer of ``shape`` (out x in) cannot be adapted: the rank, or the mapping."""
+    widths = (shape[0] // (config.fused_num_parts if fused else 1), shape[1])
+    if config.rank > min(widths):
+        return (f". QPeftConfig.rank={config.rank} exceeds the width {min(widths)}: U and V have at most that many "
+                f"orthonormal columns; allowed: rank <= {min(widths)}")
+    if any(w & (w - 1) for w in widths):
+        return ". For widths that are not powers of two use mapping='qsd' (Eq. 4) or 'pad' (see qpeft.unitary)"
+    return ""
+
+
 def inject(model: nn.Module, config: QPeftConfig) -> list[str]:
     """Replace every targeted layer by a ``QPeftLayer`` and wrap ``modules_to_save``; returns the adapted names."""
     names = []
     for name, module in find_targets(model, config):
+        slices = fused_slices(name, config)
         try:
-            layer = QPeftLayer(module, config, fused_slices(name, config))
+            layer = QPeftLayer(module, config, slices)
         except ValueError as err:
-            raise ValueError(
-                f"cannot adapt {name!r} (out x in = {base_layer_shape(module)}): {err}. For widths that are not "
-                "powers of two use mapping='qsd' (Eq. 4) or 'pad' (see qpeft.unitary)"
-            ) from err
+            shape = base_layer_shape(module)
+            advice = _advice(shape, config, bool(slices))
+            raise ValueError(f"cannot adapt {name!r} (out x in = {shape}): {err}{advice}") from err
         _set_submodule(model, name, layer)
         names.append(name)
     for name, module in list(model.named_modules()):
@@ -233,12 +244,17 @@ class QPeftModel(nn.Module):
         """Inject the saved config into ``model`` and load the saved adapter tensors."""
         from safetensors.torch import load_file
 
-        directory = Path(directory)
-        if not (directory / WEIGHTS_NAME).is_file():
+        weights = Path(directory) / WEIGHTS_NAME
+        if not weights.is_file():
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory} (expected beside {CONFIG_NAME})")
-        wrapped = cls(model, QPeftConfig.from_pretrained(directory))
+        config = QPeftConfig.from_pretrained(directory)
+        try:  # before injecting, so that a damaged file leaves ``model`` untouched
+            state = load_file(weights)
+        except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
+            raise ValueError(f"{weights} is not a readable safetensors file ({type(err).__name__}: {err})") from err
+        wrapped = cls(model, config)
         device = next(model.parameters()).device
-        wrapped.load_adapter_state_dict({k: v.to(device) for k, v in load_file(directory / WEIGHTS_NAME).items()})
+        wrapped.load_adapter_state_dict({k: v.to(device) for k, v in state.items()})
         if not is_trainable:
             for param in wrapped.parameters():
                 param.requires_grad = False
