@@ -89,10 +89,12 @@ class QPeftConfig:
             except re.error as err:
                 raise ValueError(f"QPeftConfig.target_modules={self.target_modules!r} is not a valid regex: {err}")
         else:  # a list of suffixes (or a single regex string, above)
-            self.target_modules = _names("target_modules", self.target_modules,
-                                         "a list of module-name suffixes (strings) or one regex, e.g. ['query', 'value']")
-        self.modules_to_save = _names("modules_to_save", self.modules_to_save,
-                                      "a list of module-name suffixes (strings), e.g. ['classifier'], not a bare string")
+            self.target_modules = _names(
+                "target_modules", self.target_modules,
+                "a list of module-name suffixes (strings) or one regex, e.g. ['query', 'value']")
+        self.modules_to_save = _names(
+            "modules_to_save", self.modules_to_save,
+            "a list of module-name suffixes (strings), e.g. ['classifier'], not a bare string")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"QPeftConfig.rank={self.rank!r} is invalid; allowed values: integers >= 1")
         _number("alpha", self.alpha, lambda a: a > 0, "a finite number > 0")

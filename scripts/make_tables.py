@@ -1,7 +1,7 @@
 """Rebuild every table from stored results, paper value beside reproduced value. Trains nothing.
 
-Reads ``results/raw/*.json`` (completed run records only; the others are listed as skipped, and
-``results/temporary/`` is ignored) and ``results/bench/*.json``, and writes ``results/tables/<name>.md``
+Reads ``results/raw/*.json`` (completed run records with at least one step, in strict JSON; every other file
+is listed as skipped with the reason, and ``results/temporary/`` is ignored) and ``results/bench/*.json``, and writes ``results/tables/<name>.md``
 and ``<name>.tex`` (booktabs) from one document each, byte-identical on a second run. Paper-table cells
 follow their table's selection rule (``experiments/selection.py``: which records, best or final
 evaluation, the learning rate with the best mean over the protocol's seeds) and name their records;
@@ -22,26 +22,39 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2, TABLE8_PARAMS  # noqa: E402
+from experiments.records import is_note  # noqa: E402
 from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
 from experiments.table_format import Document, Section  # noqa: E402
 from qpeft.counting import candidate_report, lora_count, stiefel_count  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 
 
+def _strict(token: str) -> None:
+    raise ValueError(f"non-strict JSON token {token}")
+
+
 def load_records(raw_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """``(completed records of raw_dir, each with its file name under _file; skipped files with the reason)``."""
+    """``(completed records of raw_dir, each with its file name under _file; skipped files with the reason)``.
+
+    Completed means status ``completed`` with at least one step, in strict JSON (no NaN/Infinity tokens);
+    ``<name>.<status>.json`` files beside a record (``experiments.records``) are skipped too.
+    """
     records, skipped = [], []
     for path in sorted(raw_dir.glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-            status = record["train_info"]["status"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            skipped.append(f"{path.name} (unreadable: {type(err).__name__})")
+        if is_note(path):
+            skipped.append(f"{path.name} (beside its name's record)")
             continue
-        if status == "completed":
+        try:
+            record = json.loads(path.read_text(), parse_constant=_strict)
+            info = record["train_info"]
+            status, steps = info["status"], info.get("steps")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            skipped.append(f"{path.name} (unreadable: {type(err).__name__}: {err})")
+            continue
+        if status == "completed" and steps:
             records.append({**record, "_file": path.name})
         else:
-            skipped.append(f"{path.name} (status {status})")
+            skipped.append(f"{path.name} (status {status}, {steps} steps)")
     return records, skipped
 
 
@@ -174,7 +187,7 @@ def main() -> None:
             print(f"wrote {args.results / 'tables' / name}.md and .tex")
     print(f"{len(records)} completed records read from {args.results / 'raw'}")
     if skipped:
-        print(f"skipped {len(skipped)} record(s) that are not completed: {'; '.join(skipped)}")
+        print(f"skipped {len(skipped)} file(s) that are not completed records: {'; '.join(skipped)}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from qpeft import QPeftConfig, QPeftModel, get_qpeft_model
     ({"alpha": float("inf")}, r"QPeftConfig\.alpha=inf is invalid; allowed values: a finite number > 0"),
     ({"alpha": "x"}, r"QPeftConfig\.alpha='x' is invalid; allowed values: a finite number > 0"),
     ({"dropout": "x"}, r"QPeftConfig\.dropout='x' is invalid; allowed values: a number 0 <= dropout < 1"),
-    ({"target_modules": [1, 2]}, r"QPeftConfig\.target_modules=\[1, 2\] is invalid; allowed values: a list of "
-                                 r"module-name suffixes \(strings\) or one regex"),
-    ({"modules_to_save": "classifier"}, r"QPeftConfig\.modules_to_save='classifier' is invalid; allowed values: a "
-                                        r"list of module-name suffixes \(strings\), e.g. \['classifier'\]"),
+    ({"target_modules": [1, 2]}, (r"QPeftConfig\.target_modules=\[1, 2\] is invalid; allowed values: a list of "
+                                  r"module-name suffixes \(strings\) or one regex")),
+    ({"modules_to_save": "classifier"}, (r"QPeftConfig\.modules_to_save='classifier' is invalid; allowed values: a "
+                                         r"list of module-name suffixes \(strings\), e.g. \['classifier'\]")),
 ])
 def test_bad_value_names_field_and_allowed_values(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
