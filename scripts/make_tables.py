@@ -1,11 +1,11 @@
 """Rebuild every table from stored results, paper value beside reproduced value. Trains nothing.
 
-Reads ``results/raw/*.json`` (completed run records with at least one step, in strict JSON; every other file
-is listed as skipped with the reason, and ``results/temporary/`` is ignored) and ``results/bench/*.json``, and writes ``results/tables/<name>.md``
-and ``<name>.tex`` (booktabs) from one document each, byte-identical on a second run. Paper-table cells
-follow their table's selection rule (``experiments/selection.py``: which records, best or final
-evaluation, the learning rate with the best mean over the protocol's seeds) and name their records;
-counts computed in closed form say so.
+Reads ``results/raw/*.json`` (completed run records with at least one step, in strict JSON; every other
+file is listed as skipped with the reason, and ``results/temporary/`` is ignored) and
+``results/bench/*.json``, and writes ``results/tables/<name>.md`` and ``<name>.tex`` (booktabs) from one
+document each, byte-identical on a second run. Paper-table cells follow their table's selection rule
+(``experiments/selection.py``: which records, best or final evaluation, the learning rate with the best
+mean over the protocol's seeds) and name their records; counts computed in closed form say so.
 
     python scripts/make_tables.py [--results results]
 """
@@ -54,7 +54,7 @@ def load_records(raw_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if status == "completed" and steps:
             records.append({**record, "_file": path.name})
         else:
-            skipped.append(f"{path.name} (status {status}, {steps} steps)")
+            skipped.append(f"{path.name} (status {status}{', 0 steps' if status == 'completed' else ''})")
     return records, skipped
 
 
@@ -187,7 +187,7 @@ def main() -> None:
             print(f"wrote {args.results / 'tables' / name}.md and .tex")
     print(f"{len(records)} completed records read from {args.results / 'raw'}")
     if skipped:
-        print(f"skipped {len(skipped)} file(s) that are not completed records: {'; '.join(skipped)}")
+        print(f"skipped {len(skipped)} record(s) that are not completed: {'; '.join(skipped)}")
 
 
 if __name__ == "__main__":
