@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # OpenMP threads that spin-wait made steps 5-7x slower on a busy 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install test test-fast demo bench tables smoke clean-logs
+.PHONY: help install test test-fast demo bench tables reproduce smoke clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -36,8 +36,13 @@ demo: $(STAMP) ## the offline demo: real SST-2 + real MiniLM, head-only vs LoRA 
 bench: $(STAMP) ## mapping benchmark (Fig. 6): unitarity error and fwd+bwd time vs N
 	$(PY) scripts/bench_mappings.py
 
-tables: $(STAMP) ## rebuild every table from results/raw (trains nothing)
+tables: $(STAMP) ## rebuild every table from results/raw (trains nothing): results/tables/*.md and *.tex
 	$(PY) scripts/make_tables.py
+
+TABLE ?= 2
+LAUNCHER ?= local
+reproduce: $(STAMP) ## TABLE=2 [LAUNCHER=local|submitit_local|slurm_a100] [RUN=1]: the runs a table still needs
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/reproduce.py --table $(TABLE) --launcher $(LAUNCHER) $(if $(RUN),--run,)
 
 smoke: $(STAMP) ## one train + one eval step of the SST-2 experiment on the tiny model
 	WANDB_MODE=disabled $(PY) run.py +experiment=glue_sst2 method=quantum_peft model=tiny_deberta debug=fdr logger=none

@@ -21,7 +21,7 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     with open_dict(cfg):  # Hydra's own run/sweep dir: deterministic, and distinct per multirun job
         cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    return experiments.run(cfg)["best"]
+    return experiments.run(cfg, HydraConfig.get().overrides.task)["best"]
 
 
 if __name__ == "__main__":

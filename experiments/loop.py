@@ -1,14 +1,19 @@
-"""The one Accelerate training loop for every task and method: setup / train / save_checkpoint / cleanup.
+"""The one Accelerate training loop for every task and method: start / setup / train / save_checkpoint / cleanup.
 
 Batch sizes are GLOBAL: ``trainer.batch_size`` samples per optimizer step, whatever the number of
 processes or accumulation steps. The train loader yields global micro-batches of
 ``batch_size / grad_accum_steps`` and Accelerate splits each across the processes (``split_batches``),
 so 1 process and N processes see the same samples in the same steps. Host syncs (``.item()``) happen
-only every ``trainer.log_every`` steps and at evaluations.
+only every ``trainer.log_every`` steps and at evaluations (the divergence checks ride on them,
+``experiments.divergence``).
+
+Resume is exact, mid-epoch included: data order and loader seeds are functions of (seed, epoch) only, and
+each process's RNG state is restored once the data loader is positioned at the checkpoint's batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -21,16 +26,24 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from experiments.checkpoint import Progress, find_checkpoint, load_checkpoint, save_checkpoint
+from experiments.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from experiments.divergence import FiniteWatch, check_metrics, check_parameters
+from experiments.lock import FolderLock
 from experiments.methods import Method, build_method
+from experiments.resume import choose_checkpoint
 
 log = logging.getLogger(__name__)
+PRECISIONS = ("no", "fp16", "bf16")
+SCHEDULES = {  # (optimizer, warmup, total) -> LR scheduler
+    "linear": get_linear_schedule_with_warmup,  # warmup, then linear decay to 0
+    "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
+}
 
 
 class SimulatedKill(RuntimeError):
@@ -54,7 +67,11 @@ def reset_accelerate_state() -> None:
 
 
 class Trainer:
-    """Owns the accelerator, task, method, data, optimizer and progress of one run."""
+    """Owns the accelerator, task, method, data, optimizer and progress of one run.
+
+    ``start()`` (cheap: accelerator, folder lock, checkpoint choice) refuses a run before anything is built;
+    then ``setup()``, ``train()``, ``cleanup()``.
+    """
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -62,15 +79,14 @@ class Trainer:
         self.output_dir = Path(cfg.paths.output_dir)
         self.progress = Progress()
         self.info: dict[str, Any] = {}
+        self.lock = FolderLock(self.output_dir)
+        self.resume_from: tuple[Path, dict[str, Any]] | None = None
+        self._pending_rng: dict[str, Any] | None = None  # this process's RNG state, restored in train()
 
-    # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
-        from experiments.models import build_model
-        from experiments.tasks import build_task
-
+    # ------------------------------------------------------------------ start / setup
+    def start(self) -> None:
+        """Accelerator, lock of the output folder, checkpoint to resume from (raises if the run is refused)."""
         tc = self.tc
-        if tc.batch_size % tc.grad_accum_steps:
-            raise ValueError(f"trainer.batch_size={tc.batch_size} is not divisible by grad_accum_steps={tc.grad_accum_steps}")
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -88,19 +104,50 @@ class Trainer:
         micro = tc.batch_size // tc.grad_accum_steps
         if micro % acc.num_processes:
             raise ValueError(f"global micro-batch {micro} is not divisible by {acc.num_processes} processes")
+        self._lock_output_dir()
+        try:
+            self.resume_from = choose_checkpoint(
+                self.output_dir, OmegaConf.to_container(self.cfg, resolve=True), tc.resume, acc.num_processes,
+                acc.is_main_process, acc.wait_for_everyone)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _lock_output_dir(self) -> None:
+        """The main process takes the folder's lock; if it cannot, every process raises its error."""
+        problem = None
+        if self.accelerator.is_main_process:
+            try:
+                self.lock.acquire()
+            except (RuntimeError, OSError) as err:
+                problem = err
+        problem = broadcast_object_list([problem])[0]
+        if problem is not None:
+            raise problem
+
+    def setup(self) -> None:
+        """Task, model, data, method, optimizer and schedule; the checkpoint's state when resuming."""
+        from experiments.models import build_model
+        from experiments.tasks import build_task
+
+        tc, acc = self.tc, self.accelerator
+        micro = tc.batch_size // tc.grad_accum_steps
         set_seed(self.cfg.seed)
         self.task = task = build_task(self.cfg.task)
         with acc.main_process_first():
             model, tokenizer = build_model(self.cfg.model, task)
             data = task.build_datasets(tokenizer)
+        # The loader's own generator (re-seeded every epoch) seeds its workers: iterating never draws from the
+        # global RNG, whose state is the training's (dropout) and is checkpointed.
+        self.data_generator = torch.Generator()
         self.batch_sampler = None
         if hasattr(task, "train_batch_sampler"):  # e.g. GLUE's length-grouped, seeded batches
             self.batch_sampler = task.train_batch_sampler(data["train"], micro, self.cfg.seed)
             train_dl = DataLoader(data["train"], batch_sampler=self.batch_sampler, collate_fn=task.collate,
-                                  num_workers=tc.num_workers)
+                                  num_workers=tc.num_workers, generator=self.data_generator)
         else:
             train_dl = DataLoader(data["train"], batch_size=micro, shuffle=True, collate_fn=task.collate,
-                                  num_workers=tc.num_workers)
+                                  num_workers=tc.num_workers, generator=self.data_generator)
         eval_dl = DataLoader(data["val"], batch_size=tc.eval_batch_size, collate_fn=task.collate,
                              num_workers=tc.num_workers)
         self.steps_per_epoch = math.ceil(len(train_dl) / tc.grad_accum_steps)
@@ -110,12 +157,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(self.method.param_groups(tc.weight_decay), lr=tc.lr,
                                       betas=tuple(tc.adam_betas), eps=tc.adam_eps)
         warmup = tc.warmup_steps or int(tc.warmup_ratio * self.total_steps)
-        if tc.schedule == "linear":
-            self.scheduler = get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)
-        elif tc.schedule == "constant":
-            self.scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-        else:
-            raise ValueError(f"trainer.schedule={tc.schedule!r} is invalid; valid: linear, constant")
+        self.scheduler = SCHEDULES[tc.schedule](optimizer, warmup, self.total_steps)
         # The scheduler is not prepared: it steps once per optimizer step, whatever the process count.
         self.model, self.optimizer, self.train_dl, self.eval_dl = acc.prepare(
             self.method.model, optimizer, train_dl, eval_dl)
@@ -124,6 +166,7 @@ class Trainer:
                          num_processes=acc.num_processes)
         log.info("output dir: %s | %d processes | %d steps | trainable %d / %d params",
                  self.output_dir, acc.num_processes, self.total_steps, trainable, total)
+        backend = self.cfg.logger.backend
         if backend:
             wandb_kwargs = {"name": f"{self.cfg.experiment_name}--{self.cfg.method.name}--seed{self.cfg.seed}",
                             "group": self.cfg.experiment_name, "dir": str(self.output_dir),
@@ -134,33 +177,49 @@ class Trainer:
             acc.init_trackers(self.cfg.logger.project, config=OmegaConf.to_container(self.cfg, resolve=True),
                               init_kwargs={"wandb": wandb_kwargs})
         acc.log({"params/trainable": trainable, "params/total": total}, step=0)
-        if tc.resume and (ckpt := find_checkpoint(self.output_dir)) is not None:
-            self.progress = load_checkpoint(ckpt, method=self.method, optimizer=self.optimizer,
-                                            scheduler=self.scheduler)
-            log.info("resumed from %s at step %d", ckpt, self.progress.global_step)
+        if self.resume_from is not None:
+            path, _ = self.resume_from
+            self.progress, states = load_checkpoint(path, method=self.method, optimizer=self.optimizer,
+                                                    scheduler=self.scheduler)
+            self._pending_rng = states[acc.process_index]
+            log.info("resumed from %s at step %d", path, self.progress.global_step)
+        self.watch = FiniteWatch(acc.device)
+        self._loss_sum = torch.tensor(self.progress.loss_sum, device=acc.device)
 
     # ------------------------------------------------------------------ train
     def train(self) -> Progress:
-        """Train until ``total_steps`` or early stopping; evaluates and checkpoints on the way."""
+        """Train until ``total_steps`` or early stopping; evaluates and checkpoints on the way.
+
+        Raises :class:`experiments.divergence.Diverged` at the first sync after a non-finite value.
+        """
         acc, tc, p = self.accelerator, self.tc, self.progress
         bar = tqdm(total=self.total_steps, initial=p.global_step, disable=not acc.is_local_main_process,
                    desc=f"{self.cfg.experiment_name}/{self.cfg.method.name}")
-        running, count = torch.zeros((), device=acc.device), 0
         self.model.train()
         while p.epoch < self.epochs and not self._done():
+            if p.batches_in_epoch >= len(self.train_dl):  # resumed from a checkpoint at an epoch's last batch
+                p.epoch, p.batches_in_epoch = p.epoch + 1, 0
+                continue
             self.train_dl.set_epoch(p.epoch)
             if self.batch_sampler is not None:
                 self.batch_sampler.set_epoch(p.epoch)
+            self.data_generator.manual_seed(self.cfg.seed + p.epoch)
+            if p.batches_in_epoch == 0:
+                self._restore_rng()  # checkpointed between epochs: before this epoch's loader exists
             loader = acc.skip_first_batches(self.train_dl, p.batches_in_epoch) if p.batches_in_epoch else self.train_dl
             tick = time.perf_counter()
             for batch in loader:
+                self._restore_rng()  # checkpointed mid-epoch: now that the loader is positioned (else a no-op)
                 with acc.accumulate(self.model):
                     loss = self.task.compute_loss(self.model, batch)
                     acc.backward(loss)
-                    running, count = running + loss.detach(), count + 1
+                    self.watch.observe(loss, p.global_step + 1)
+                    self._loss_sum, p.loss_count = self._loss_sum + loss.detach(), p.loss_count + 1
                     if acc.sync_gradients:
                         if tc.max_grad_norm:
-                            acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+                            norm = acc.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+                            if tc.precision != "fp16":  # fp16's grad scaler skips overflowing steps by design
+                                self.watch.observe(norm, p.global_step + 1)
                         self.optimizer.step()
                         if not acc.optimizer_step_was_skipped:
                             self.scheduler.step()
@@ -172,11 +231,12 @@ class Trainer:
                     continue
                 bar.update(1)
                 if p.global_step % tc.log_every == 0:
-                    train_loss = acc.reduce(running / count, reduction="mean").item()
+                    self.watch.check(acc)  # never log a non-finite loss
+                    train_loss = acc.reduce(self._loss_sum / p.loss_count, reduction="mean").item()
                     acc.log({"train/loss": train_loss, "train/lr": self.scheduler.get_last_lr()[0],
                              "train/epoch": p.epoch}, step=p.global_step)
                     bar.set_postfix(loss=f"{train_loss:.4f}")
-                    running, count = torch.zeros((), device=acc.device), 0
+                    self._loss_sum, p.loss_count = torch.zeros((), device=acc.device), 0
                 if tc.eval_every_steps and p.global_step % tc.eval_every_steps == 0:
                     p.train_seconds += time.perf_counter() - tick
                     self.evaluate_and_checkpoint()
@@ -193,6 +253,12 @@ class Trainer:
         bar.close()
         return p
 
+    def _restore_rng(self) -> None:
+        """Restore the checkpoint's RNG state once (resume); a no-op otherwise."""
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
     def _done(self) -> bool:
         p, patience = self.progress, self.tc.patience
         return p.global_step >= self.total_steps or bool(patience and p.evals_without_improvement >= patience)
@@ -201,7 +267,10 @@ class Trainer:
     def evaluate_and_checkpoint(self) -> dict[str, float]:
         """Evaluate on the dev split, update best-so-far, log, checkpoint, maybe simulate a kill."""
         acc, p = self.accelerator, self.progress
+        self.watch.check(acc)  # nothing non-finite is evaluated, recorded or checkpointed
+        check_parameters(self.method.trainable_parameters().values(), p.global_step)
         metrics = self.task.evaluate(self.model, _Limited(self.eval_dl, self.tc.max_eval_batches), acc, "val")
+        check_metrics(metrics, p.global_step)
         name = self.cfg.optimized_metric
         if name not in metrics:
             raise KeyError(f"optimized_metric {name!r} is not among the task's metrics {sorted(metrics)}")
@@ -223,11 +292,16 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
+        acc, p = self.accelerator, self.progress
+        p.loss_sum = float(self._loss_sum)
+        states = gather_object([rng_state()])  # every process's, in process order
         if acc.is_main_process:
-            save_checkpoint(self.output_dir, method=self.method, optimizer=self.optimizer, scheduler=self.scheduler,
-                            progress=self.progress, config=OmegaConf.to_container(self.cfg, resolve=True))
+            state = {"adapter": self.method.adapter_state_dict(), "method_extra": self.method.extra_state(),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "rng": states, "progress": dataclasses.asdict(p)}
+            meta = {"step": p.global_step, "finished": self._done(), "num_processes": acc.num_processes,
+                    "config": OmegaConf.to_container(self.cfg, resolve=True)}
+            save_checkpoint(self.output_dir, state, meta, self.tc.keep_checkpoints)
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ end
@@ -243,7 +317,8 @@ class Trainer:
         return dir_bytes(directory)
 
     def cleanup(self) -> None:
-        """End the trackers (always, from ``finally``)."""
+        """End the trackers and release the output folder (always, from ``finally``)."""
         acc = getattr(self, "accelerator", None)
         if acc is not None:
             acc.end_training()
+        self.lock.release()

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+if TYPE_CHECKING:
+    from qpeft import QPeftConfig
+
 log = logging.getLogger(__name__)
+METHOD_KINDS = ("quantum_peft", "peft", "bitfit", "head_only", "full_ft")
 NO_DECAY = re.compile(r"(bias|norm\.weight)$", re.IGNORECASE)  # biases, LayerNorm/RMSNorm weights
 
 
@@ -123,6 +127,18 @@ class QuantumPeftMethod(Method):
         guard = self.model.guard
         return {"unitarity_error_max": guard.max_error, "unitarity_error_worst": guard.worst}
 
+    def extra_state(self) -> dict[str, Any]:
+        """The unitarity guard's state, so that a resumed run checks and reports exactly as an uninterrupted one."""
+        guard = self.model.guard
+        return {"max_error": guard.max_error, "worst": guard.worst, "warned": sorted(guard.warned),
+                "training_forwards": self.model._training_forwards}  # its check cadence counter
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        guard = self.model.guard
+        guard.max_error, guard.worst, guard.warned = state["max_error"], state["worst"], set(state["warned"])
+        self.model._training_forwards = state["training_forwards"]
+        self._logged = set(guard.warned)  # warned (and logged) before the interruption
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.adapter_state_dict().items()}
 
@@ -185,25 +201,35 @@ def _adalora_schedule(kwargs: dict[str, Any], total_steps: int) -> None:
         log.warning("AdaLoRA: tinit >= total_step - tfinal for %d steps; using tinit=tfinal=0", total_steps)
 
 
+def _targets(model_cfg: DictConfig) -> Any:
+    return OmegaConf.to_container(model_cfg.target_modules, resolve=True) \
+        if OmegaConf.is_config(model_cfg.target_modules) else model_cfg.target_modules
+
+
+def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
+    """The ``QPeftConfig`` of a ``kind: quantum_peft`` method (validated on construction; no model needed)."""
+    from qpeft import QPeftConfig
+
+    opts = OmegaConf.to_container(method_cfg, resolve=True)
+    return QPeftConfig(
+        target_modules=_targets(model_cfg), rank=opts["rank"], alpha=opts["alpha"], mapping=opts["mapping"],
+        mapping_options=opts["mapping_options"], mapping_v=opts["mapping_v"],
+        mapping_options_v=opts["mapping_options_v"], dropout=opts["dropout"],
+        modules_to_save=OmegaConf.to_container(model_cfg.head_modules, resolve=True), bias=opts["bias"],
+        quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"], quant_gamma=opts["quant_gamma"],
+    )
+
+
 def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig, total_steps: int) -> Method:
     """Wrap/freeze ``model`` as ``method_cfg.kind`` says; ``total_steps`` = optimizer steps of the run."""
     kind = method_cfg.kind
     heads = list(model_cfg.head_modules)
-    targets = OmegaConf.to_container(model_cfg.target_modules, resolve=True) \
-        if OmegaConf.is_config(model_cfg.target_modules) else model_cfg.target_modules
     if kind == "quantum_peft":
-        from qpeft import QPeftConfig, get_qpeft_model
+        from qpeft import get_qpeft_model
 
-        opts = OmegaConf.to_container(method_cfg, resolve=True)
-        qcfg = QPeftConfig(
-            target_modules=targets, rank=opts["rank"], alpha=opts["alpha"], mapping=opts["mapping"],
-            mapping_options=opts["mapping_options"], mapping_v=opts["mapping_v"],
-            mapping_options_v=opts["mapping_options_v"], dropout=opts["dropout"], modules_to_save=heads,
-            bias=opts["bias"], quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"],
-            quant_gamma=opts["quant_gamma"],
-        )
-        return QuantumPeftMethod(get_qpeft_model(model, qcfg, unitarity_tolerance=opts["unitarity_tolerance"],
-                                                 unitarity_check_every=opts["unitarity_check_every"]), method_cfg)
+        qcfg = qpeft_config(method_cfg, model_cfg)
+        return QuantumPeftMethod(get_qpeft_model(model, qcfg, unitarity_tolerance=method_cfg.unitarity_tolerance,
+                                                 unitarity_check_every=method_cfg.unitarity_check_every), method_cfg)
     if kind == "peft":
         from peft import TaskType, get_peft_model
 
@@ -211,7 +237,7 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
         config_class = get_class(kwargs.pop("_target_"))
         for key in ("name", "kind", "protocol"):
             kwargs.pop(key)
-        kwargs["target_modules"] = kwargs["target_modules"] or targets
+        kwargs["target_modules"] = kwargs["target_modules"] or _targets(model_cfg)
         if "reference_total_step" in kwargs:
             _adalora_schedule(kwargs, total_steps)
         peft_cfg = config_class(task_type=TaskType.SEQ_CLS, modules_to_save=heads, **kwargs)
@@ -223,5 +249,5 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
     elif kind == "full_ft":
         _freeze_except(model, lambda n: True)
     else:
-        raise ValueError(f"method.kind={kind!r} is invalid; valid: quantum_peft, peft, bitfit, head_only, full_ft")
+        raise ValueError(f"method.kind={kind!r} is invalid; valid: {list(METHOD_KINDS)}")
     return Method(model, method_cfg)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,22 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {list(allowed)}")
 
 
+def _number(name: str, value: Any, ok: Callable[[float], bool], allowed: str) -> None:
+    """``value`` must be a finite real number (never a bool) for which ``ok`` holds."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (real and ok(value)):
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {allowed}")
+
+
+def _names(name: str, value: Any, allowed: str) -> list[str]:
+    """``value`` as a list of module-name suffixes (a set, as peft keeps them, is sorted); anything else
+    (a non-string entry, ...) is an error."""
+    value = sorted(value) if isinstance(value, (set, frozenset)) else value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {allowed}")
+    return list(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -40,17 +58,12 @@ def _regex(name: str, value: str) -> None:
         raise ValueError(f"QPeftConfig.{name}={value!r} is not a valid regex: {err}") from None
 
 
-def _names(name: str, value: Any) -> list[str] | str:
-    """A regex string (checked) or a list of names (a set or tuple becomes a sorted/ordered list)."""
+def _names_or_regex(name: str, value: Any) -> list[str] | str:
+    """A regex string (checked) or a list of module-name suffixes."""
     if isinstance(value, str):
-        if value != ALL_LINEAR:
-            _regex(name, value)
+        _regex(name, value)
         return value
-    items = sorted(value) if isinstance(value, (set, frozenset)) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v for v in items):
-        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: a regex string or a list of "
-                         "non-empty module names")
-    return list(items)
+    return _names(name, value, "a regex string or a list of module-name suffixes (strings)")
 
 
 def _pattern(name: str, value: Any, valid: Any, allowed: str) -> dict:
@@ -140,14 +153,17 @@ class QPeftConfig:
                 re.compile(self.target_modules)
             except re.error as err:
                 raise ValueError(f"QPeftConfig.target_modules={self.target_modules!r} is not a valid regex: {err}")
-        else:
-            self.target_modules = list(self.target_modules)
-        if not isinstance(self.rank, int) or self.rank < 1:
+        else:  # a list of suffixes (or a single regex string, above)
+            self.target_modules = _names(
+                "target_modules", self.target_modules,
+                "a list of module-name suffixes (strings) or one regex, e.g. ['query', 'value']")
+        self.modules_to_save = _names(
+            "modules_to_save", self.modules_to_save,
+            "a list of module-name suffixes (strings), e.g. ['classifier'], not a bare string")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"QPeftConfig.rank={self.rank!r} is invalid; allowed values: integers >= 1")
-        if not self.alpha > 0:
-            raise ValueError(f"QPeftConfig.alpha={self.alpha!r} is invalid; allowed values: > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"QPeftConfig.dropout={self.dropout!r} is invalid; allowed values: 0 <= dropout < 1")
+        _number("alpha", self.alpha, lambda a: a > 0, "a finite number > 0")
+        _number("dropout", self.dropout, lambda d: 0.0 <= d < 1.0, "a number 0 <= dropout < 1")
         _choice("bias", self.bias, BIAS_CHOICES)
         if self.quant_bits is not None:
             _choice("quant_bits", self.quant_bits, QUANT_BIT_CHOICES)
@@ -179,8 +195,8 @@ class QPeftConfig:
         """The fields that mean what they mean in peft: targets, layers, patterns, task type, flags."""
         if isinstance(self.target_modules, str) and self.target_modules.lower() == ALL_LINEAR:
             self.target_modules = ALL_LINEAR
-        self.target_modules = _names("target_modules", self.target_modules)
-        self.exclude_modules = None if self.exclude_modules is None else _names("exclude_modules", self.exclude_modules)
+        if self.exclude_modules is not None:
+            self.exclude_modules = _names_or_regex("exclude_modules", self.exclude_modules)
         self._check_layers()
         self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v >= 1,
                                      "integers >= 1")
@@ -206,7 +222,7 @@ class QPeftConfig:
         if pattern is not None:
             if layers is None:
                 raise ValueError("QPeftConfig.layers_pattern needs layers_to_transform (as in peft)")
-            self.layers_pattern = _names("layers_pattern", pattern)
+            self.layers_pattern = _names_or_regex("layers_pattern", pattern)
 
     @property
     def scaling(self) -> float:
@@ -264,4 +280,14 @@ class QPeftConfig:
         """
         from qpeft.hub import resolve_file
 
-        return cls.from_dict(json.loads(Path(resolve_file(directory, CONFIG_NAME, subfolder, **kwargs)).read_text()))
+        path = Path(resolve_file(directory, CONFIG_NAME, subfolder, **kwargs))
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the adapter config is damaged") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a {type(data).__name__}, not a QPeftConfig object")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err

@@ -89,6 +89,18 @@ def _add_adapter(module: nn.Module, config: QPeftConfig, slices: list[int] | Non
     return layer_class(module, config, slices, adapter_name, rank, alpha)
 
 
+def _advice(shape: tuple[int, int], config: QPeftConfig, fused: bool, rank: int | None = None) -> str:
+    """What to change when a layer of ``shape`` (out x in) cannot be adapted: the rank, or the mapping."""
+    rank = rank or config.rank
+    widths = (shape[0] // (config.fused_num_parts if fused else 1), shape[1])
+    if rank > min(widths):
+        return (f". QPeftConfig.rank={rank} exceeds the width {min(widths)}: U and V have at most that many "
+                f"orthonormal columns; allowed: rank <= {min(widths)}")
+    if any(w & (w - 1) for w in widths):
+        return ". For widths that are not powers of two use mapping='qsd' (Eq. 4) or 'pad' (see qpeft.unitary)"
+    return ""
+
+
 def inject(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_ADAPTER,
            layer_class: type[QPeftLayer] = QPeftLayer) -> list[str]:
     """Add adapter ``adapter_name`` to every targeted layer (wrapping it in a ``layer_class`` the first time)
@@ -102,14 +114,14 @@ def inject(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_AD
                          "the adapted model first")
     names = []
     for name, module in find_targets(model, config):
+        slices = fused_slices(name, config)
         rank, alpha = rank_and_alpha(name, config)
         try:
-            layer = _add_adapter(module, config, fused_slices(name, config), adapter_name, rank, alpha, layer_class)
+            layer = _add_adapter(module, config, slices, adapter_name, rank, alpha, layer_class)
         except ValueError as err:
-            raise ValueError(
-                f"cannot adapt {name!r} (out x in = {base_layer_shape(module)}): {err}. For widths that are not "
-                "powers of two use mapping='qsd' (Eq. 4) or 'pad' (see qpeft.unitary)"
-            ) from err
+            shape = base_layer_shape(module)
+            advice = _advice(shape, config, bool(slices), rank)
+            raise ValueError(f"cannot adapt {name!r} (out x in = {shape}): {err}{advice}") from err
         if layer is not module:
             set_submodule(model, name, layer)
         names.append(name)
@@ -444,31 +456,32 @@ that only know LoRA.
         ``is_trainable`` (as peft).  ``model_id``: a directory or a Hub repo; ``kwargs``: the options of
         :class:`QPeftModel` and download options (``revision``, ``token``, ...)."""
         options = {k: kwargs.pop(k) for k in OPTIONS if k in kwargs}
+        state = _read_weights(model_id, subfolder, **kwargs)  # before injecting: a damaged file leaves model untouched
         config = config or QPeftConfig.from_pretrained(model_id, subfolder, **kwargs)
         config.inference_mode = not is_trainable
         wrapped = cls(model, config, adapter_name, **options)
-        wrapped.load_adapter(model_id, adapter_name, is_trainable=is_trainable, subfolder=subfolder, **kwargs)
+        wrapped._load_weights(state, adapter_name, is_trainable, kwargs.get("torch_device"))
         return wrapped
 
     def load_adapter(self, model_id: str | Path, adapter_name: str, is_trainable: bool = False,
                      torch_device: str | None = None, subfolder: str | None = None, **kwargs: Any) -> None:
         """Load a saved adapter as ``adapter_name`` (added if new, else its tensors are overwritten: Trainer's
         resume); frozen and the model in eval mode unless ``is_trainable``."""
-        from safetensors.torch import load_file
-
-        from qpeft.hub import resolve_file
-
         for option in ("low_cpu_mem_usage", "ephemeral_gpu_offload"):
             if kwargs.pop(option, False):
                 raise NotImplementedError(f"load_adapter({option}=True) is not supported by qpeft")
+        state = _read_weights(model_id, subfolder, **kwargs)
         if adapter_name not in self.peft_config:
             config = QPeftConfig.from_pretrained(model_id, subfolder, **kwargs)
             config.inference_mode = not is_trainable
             self.add_adapter(adapter_name, config)
-        weights = load_file(resolve_file(model_id, WEIGHTS_NAME, subfolder, **kwargs))
-        device = torch_device or next(self.get_base_model().parameters()).device
-        self.load_adapter_state_dict({k: v.to(device) for k, v in weights.items()}, adapter_name)
-        self.set_requires_grad(adapter_name, is_trainable and adapter_name == self.active_adapter)
+        self._load_weights(state, adapter_name, is_trainable, torch_device)
+
+    def _load_weights(self, state: dict[str, torch.Tensor], adapter_name: str, is_trainable: bool,
+                      device: str | None) -> None:
+        device = device or next(self.get_base_model().parameters()).device
+        self.load_adapter_state_dict({k: v.to(device) for k, v in state.items()}, adapter_name)
+        self.set_requires_grad(adapter_name, is_trainable)
         if not is_trainable:
             self.eval()
 
@@ -510,6 +523,19 @@ that only know LoRA.
     def enable_adapters(self) -> None:
         self.base_model.enable_adapter_layers()
         self._adapters_disabled = False
+
+
+def _read_weights(model_id: str | Path, subfolder: str | None, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a saved adapter; a damaged file is named."""
+    from safetensors.torch import load_file
+
+    from qpeft.hub import resolve_file
+
+    weights = resolve_file(model_id, WEIGHTS_NAME, subfolder, **kwargs)
+    try:
+        return load_file(weights)
+    except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
+        raise ValueError(f"{weights} is not a readable safetensors file ({type(err).__name__}: {err})") from err
 
 
 def get_qpeft_model(model: nn.Module, config: QPeftConfig, adapter_name: str = DEFAULT_ADAPTER,

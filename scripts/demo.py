@@ -8,7 +8,8 @@ Every method runs through the harness (``experiments.run``) with ``+experiment=d
 first 12,000 SST-2 training sentences, max length 64, batch 32 in length-grouped batches, 300 AdamW
 steps with linear decay, then the full SST-2 dev set (872). Only the method's own settings differ
 (``METHODS`` below: every adapter sits on query/value; the LoRA baseline is peft's r=8).
-Each run writes its JSON record (``results/raw`` or ``results/temporary`` for a dirty tree); the script
+Each run writes its JSON record (``results/raw`` or ``results/temporary`` for a dirty tree), replacing the
+completed record of its name (``record_replace=true``; a failed run never replaces one); the script
 prints a table: trainable parameters, dev accuracy, ms per training step, saved adapter bytes.
 
 Learning rates were picked on SST-2 dev with this protocol and seed 0 (dev accuracy, %): LoRA 5e-4 80.6 (same protocol, stand-alone loop),
@@ -49,7 +50,7 @@ MAPPING_OPTIONS: dict[str, dict] = {
     # MiniLM's widths (384, 1536) are not powers of two, which plain Pauli circuits need: Eq. 4's
     # quantum Shannon decomposition (384 = 256 + 128) with Pauli circuits (Eq. 2) as its blocks
     "quantum_peft_qsd": {"block": "pauli", "block_options": {"layers": 1}, "angles": "per_pair"},
-    "quantum_peft_taylor": {"order": 4, "intrinsic_rank": 1},
+    "quantum_peft_taylor": {"order": 18, "intrinsic_rank": 1},
     "quantum_peft_exp": {"intrinsic_rank": 1},  # the exact exponential, same parameters as the Taylor run
 }
 
@@ -92,7 +93,9 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
-    extra = [f"seed={args.seed}"] + ([f"trainer.max_steps={args.steps}"] if args.steps else []) + args.overrides
+    # the demo regenerates its own records: a completed run replaces the completed record of its name
+    extra = [f"seed={args.seed}", "record_replace=true"] + ([f"trainer.max_steps={args.steps}"] if args.steps else []) \
+        + args.overrides
 
     import experiments
     from experiments.schemas import register_configs

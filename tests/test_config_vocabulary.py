@@ -69,7 +69,8 @@ def test_task_type_and_inference_mode() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     (dict(target_modules=["lin0"], task_type="seq_cls"), r"task_type='seq_cls' is invalid; allowed values: \['SEQ"),
     (dict(target_modules=["lin0"], inference_mode=1), r"inference_mode=1 is invalid; allowed values: \[False, True\]"),
-    (dict(target_modules=["lin0", 3]), r"target_modules=\['lin0', 3\] is invalid; allowed values: a regex"),
+    (dict(target_modules=["lin0"], exclude_modules=["lin1", 3]),
+     r"exclude_modules=\['lin1', 3\] is invalid; allowed values: a regex string or a list of module-name suffixes"),
     (dict(target_modules=["lin0"], exclude_modules="("), r"exclude_modules='\(' is not a valid regex"),
     (dict(target_modules=["lin0"], layers_to_transform=[-1]), r"layers_to_transform=\[-1\] is invalid; allowed values"),
     (dict(target_modules="lin.", layers_to_transform=0), r"layers_to_transform needs target_modules as a list"),

@@ -101,6 +101,8 @@ def read_tsv(path: Path, spec: SubtaskSpec) -> list[Example]:
             if len(row) != len(header):
                 raise ValueError(f"{where}: expected {len(header)} tab-separated fields, found {len(row)}")
             rows.append((tuple(row[i] for i in idx), _parse_label(row[label_idx], spec, where)))
+    if not rows:
+        raise ValueError(f"{path}: no data rows" + ("" if spec.columns else " (only the header)"))
     return rows
 
 

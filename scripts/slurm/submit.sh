@@ -5,7 +5,7 @@
 # Every argument is passed to run.py. Never pass --multirun here (each rank would run the whole sweep,
 # accelerate#582); sweep with `python run.py --multirun ... hydra/launcher=slurm_a100` instead.
 # Requeue-safe: the output dir depends on SLURM_JOB_ID, and trainer.resume=true continues from
-# <output_dir>/checkpoints/last after a preemption.
+# the newest good <output_dir>/checkpoints/step_<N> after a preemption.
 #SBATCH --job-name=qpeft
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

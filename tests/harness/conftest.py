@@ -57,7 +57,7 @@ def fast_overrides(root: Path, glue: Path) -> list[str]:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_cfg() -> Callable[..., DictConfig]:
     """``make_cfg(overrides, hydra=False)`` composes ``conf/config.yaml`` like ``run.py`` does."""
     register_configs()

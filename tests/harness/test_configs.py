@@ -36,8 +36,8 @@ def test_experiment_method_runs_one_step(experiment, method, make_cfg, glue_dir,
     record = json.loads(next((tmp_path / "results" / "temporary").glob("*.json")).read_text())
     assert record["run_info"]["method"] == method and record["run_info"]["experiment"] == experiment
     assert record["train_info"]["best"] is not None
-    ckpt = tmp_path / "logs" / experiment / method / "seed0" / "local" / "checkpoints" / "last"
-    assert ckpt.is_dir() == debugged.trainer.checkpoint
+    ckpt = tmp_path / "logs" / experiment / method / "seed0" / "local" / "checkpoints" / "step_1"
+    assert (ckpt / "state.pt").is_file() == (ckpt / "meta.json").is_file() == debugged.trainer.checkpoint
 
 
 @pytest.mark.parametrize("method", ["quantum_peft", "lora", "adalora"])

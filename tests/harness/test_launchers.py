@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from experiments.checkpoint import checkpoints
 from tests.harness.conftest import ROOT, fast_overrides, subprocess_env
 
 
@@ -18,15 +19,17 @@ def _run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
 
 
 def test_multirun_two_jobs(glue_dir, tmp_path) -> None:
-    """The basic launcher runs 2 jobs in one process; each gets its own dir and record."""
+    """The basic launcher runs 2 jobs in one process; each gets its own dir and record. run.py hands the command
+    line to the run, so debug=fdr keeps its trainer.max_steps=2."""
     _run([sys.executable, "run.py", "--multirun", "+experiment=glue_sst2", "method=lora", "seed=0,1",
-          *fast_overrides(tmp_path, glue_dir)])
+          *fast_overrides(tmp_path, glue_dir), "trainer.max_steps=2"])
     records = sorted(p.name for p in (tmp_path / "results" / "temporary").glob("*.json"))
     assert records == ["glue_sst2--lora--seed0.json", "glue_sst2--lora--seed1.json"]
     jobs = tmp_path / "logs" / "multirun" / "glue_sst2" / "lora" / "local"
-    assert (jobs / "0" / "checkpoints" / "last").is_dir() and (jobs / "1" / "checkpoints" / "last").is_dir()
+    assert [p.name for p in checkpoints(jobs / "0")] == [p.name for p in checkpoints(jobs / "1")] == ["step_2", "step_1"]
     for name in records:
-        assert json.loads((tmp_path / "results" / "temporary" / name).read_text())["train_info"]["status"] == "completed"
+        info = json.loads((tmp_path / "results" / "temporary" / name).read_text())["train_info"]
+        assert info["status"] == "completed" and info["steps"] == 2
 
 
 DDP_ARGS = ["+experiment=glue_sst2", "model=tiny_deberta", "logger=none", "trainer.max_steps=3",
