@@ -283,6 +283,15 @@ class QPeftModel(nn.Module):
         return self.base_model.guard
 
     @property
+    def _training_forwards(self) -> int:
+        """Training forwards so far: the guard's check cadence (the harness saves and restores it on resume)."""
+        return self.base_model._training_forwards
+
+    @_training_forwards.setter
+    def _training_forwards(self, value: int) -> None:
+        self.base_model._training_forwards = value
+
+    @property
     def batch_factors(self) -> bool:
         return self.base_model.batch_factors
 
