@@ -190,3 +190,12 @@ def test_phi_equals_the_block_matrix_exponential(size: int, norm: float) -> None
     block = torch.cat([torch.cat([z, eye], -1), torch.cat([zero, zero], -1)], -2)
     reference = torch.linalg.matrix_exp(block)[..., :size, size:]
     assert ((phi_function(z) - reference).abs().max() / reference.abs().max()).item() < 1e-13
+
+
+def test_non_finite_parameters_give_nan_not_an_error() -> None:
+    """A diverged run must reach a NaN loss (which the harness reports as 'diverged'), not a LinAlgError."""
+    for bad in (float("nan"), float("inf")):
+        theta = torch.randn(50, 2)
+        theta[7, 0] = bad
+        assert torch.isnan(exp_columns(theta, 3)).any()
+        assert torch.isnan(phi_function(torch.full((2, 2), bad))).all()

@@ -204,7 +204,8 @@ def skew_compression(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     top, x = a[..., :kp, :], a[..., kp:, :]
     with torch.no_grad():
         eye64 = torch.eye(kp, dtype=torch.float64, device=a.device)
-        r = torch.linalg.cholesky(x.mT.double() @ x.double() + eye64).mT.to(a.dtype)
+        # cholesky_ex: non-finite parameters give NaN factors (a NaN loss the harness reports), not an error
+        r = torch.linalg.cholesky_ex(x.mT.double() @ x.double() + eye64).L.mT.to(a.dtype)
     y = torch.linalg.solve_triangular(r, x, upper=True, left=False)
     eye, zero = torch.eye(kp, dtype=a.dtype, device=a.device).expand_as(top), torch.zeros_like(top)
     t = _blocks(eye, top, zero, r.expand_as(top))
@@ -231,7 +232,7 @@ def phi_function(z: Tensor) -> Tensor:
     to about :math:`10^{-15}` relative (tested).
     """
     norm = float(torch.linalg.matrix_norm(z.detach(), ord=1).max())
-    squarings = max(0, math.ceil(math.log2(norm / PHI_THETA))) if norm > PHI_THETA else 0
+    squarings = max(0, math.ceil(math.log2(norm / PHI_THETA))) if math.isfinite(norm) and norm > PHI_THETA else 0
     w = z / 2.0**squarings
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand_as(z)
     phi = eye / math.factorial(PHI_ORDER + 1)
