@@ -200,8 +200,8 @@ class QPeftConfig:
         self._check_layers()
         self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v >= 1,
                                      "integers >= 1")
-        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern, lambda v: _is_real(v) and v > 0,
-                                      "reals > 0")
+        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern,
+                                      lambda v: _is_real(v) and math.isfinite(v) and v > 0, "finite numbers > 0")
         task = getattr(self.task_type, "value", self.task_type)  # peft's TaskType members are accepted too
         _choice("task_type", None if task is None else str(task), TASK_TYPES + (None,))
         self.task_type = None if task is None else str(task)

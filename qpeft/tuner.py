@@ -92,7 +92,10 @@ class QPeftTuner(nn.Module):
         for name, config in peft_config.items():
             self.peft_config[check_adapter_name(name)] = config
             self.inject_adapter(model, name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
-        self.set_adapter(adapter_name, inference_mode=self.peft_config[adapter_name].inference_mode)
+        inference_mode = self.peft_config[adapter_name].inference_mode
+        self.set_adapter(adapter_name, inference_mode=inference_mode)
+        if inference_mode:
+            model.requires_grad_(False)  # biases trained with bias="all" too
 
     def __getattr__(self, name: str) -> Any:
         return forward_attribute(self, name, "model")

@@ -60,7 +60,7 @@ def test_rank_and_alpha_patterns_set_each_layer() -> None:
 
 
 def test_task_type_and_inference_mode() -> None:
-    config = QPeftConfig(target_modules=["lin0"], task_type=TaskType.SEQ_CLS, inference_mode=True)
+    config = QPeftConfig(target_modules=["lin0"], task_type=TaskType.SEQ_CLS, inference_mode=True, bias="all")
     assert config.task_type == "SEQ_CLS"
     model = get_qpeft_model(MLP(), config)
     assert model.get_nb_trainable_parameters()[0] == 0
@@ -78,7 +78,8 @@ def test_task_type_and_inference_mode() -> None:
     (dict(target_modules=["lin0"], rank_pattern={"lin0": 0}),
      r"rank_pattern\['lin0'\]=0 is invalid; allowed values: integers >= 1"),
     (dict(target_modules=["lin0"], alpha_pattern={"lin0": True}),
-     r"alpha_pattern\['lin0'\]=True is invalid; allowed values: reals > 0"),
+     r"alpha_pattern\['lin0'\]=True is invalid; allowed values: finite numbers > 0"),
+    (dict(target_modules=["lin0"], alpha_pattern={"lin0": float("inf")}), r"alpha_pattern\['lin0'\]=inf is invalid"),
     (dict(target_modules=["lin0"], rank_pattern=[("lin0", 2)]), r"rank_pattern=.* is invalid; allowed values: a dict"),
     (dict(target_modules=["lin0"], peft_type="LORA"), r"peft_type='LORA' is invalid; allowed values: \['QPEFT'\]"),
     (dict(target_modules=["lin0"], quant_bits=True), r"quant_bits=True is invalid"),
