@@ -163,6 +163,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 OPTIONS = tuple(p.name for p in inspect.signature(QPeftTuner.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY)
 
 
+def _on_tuner(name: str, doc: str) -> property:
+    """A read/write view of the tuner's attribute ``name`` (where the forward-time state lives)."""
+    return property(lambda self: getattr(self.base_model, name),
+                    lambda self, value: setattr(self.base_model, name, value), doc=doc)
+
+
 def _unsupported(name: str, reason: str) -> Any:
     """A method that raises: a peft / transformers API qpeft cannot serve, with the reason."""
 
@@ -282,22 +288,9 @@ class QPeftModel(nn.Module):
     def guard(self) -> UnitarityGuard:
         return self.base_model.guard
 
-    @property
-    def _training_forwards(self) -> int:
-        """Training forwards so far: the guard's check cadence (the harness saves and restores it on resume)."""
-        return self.base_model._training_forwards
-
-    @_training_forwards.setter
-    def _training_forwards(self, value: int) -> None:
-        self.base_model._training_forwards = value
-
-    @property
-    def batch_factors(self) -> bool:
-        return self.base_model.batch_factors
-
-    @batch_factors.setter
-    def batch_factors(self, value: bool) -> None:
-        self.base_model.batch_factors = value
+    _training_forwards = _on_tuner("_training_forwards", "Training forwards so far: the guard's check cadence "
+                                   "(the harness saves and restores it on resume).")
+    batch_factors = _on_tuner("batch_factors", "Whether forward builds the factors in batched calls.")
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (with the adapter layers in it)."""
