@@ -134,3 +134,14 @@ def test_bad_adapter_calls_fail_loudly() -> None:
     model.merge_adapter(["second"])
     with pytest.raises(ValueError, match="unmerge it before deleting"):
         model.delete_adapter("second")
+
+
+def test_unload_gives_back_the_base_without_merging() -> None:
+    model, states = _two()
+    plain = model.unload()
+    assert not any(isinstance(m, (QPeftLayer, ModulesToSave)) for m in plain.modules())
+    torch.manual_seed(0)
+    base = MLP()
+    for name in ("lin0", "lin1"):  # W untouched: nothing was merged
+        assert torch.equal(getattr(plain, name).weight, getattr(base, name).weight)
+    assert torch.equal(plain.classifier.weight, states["default"]["classifier.qpeft_modules_to_save.weight"])
