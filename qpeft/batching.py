@@ -7,18 +7,25 @@ parameters stacked, so gradients flow back to every mapping) and its result is u
 per-layer factors, which the layers pick up through ``QPeftLayer._precomputed``.  Values and
 gradients equal those of the per-layer path.  Without gradients only stale eval caches are rebuilt
 (staleness is decided by comparing parameter values, all layers in one host sync).
+
+Activation checkpointing recomputes a layer's forward during the backward, after the model's forward
+has returned.  A :class:`FactorSession` therefore installs the factors again when the backward of that
+forward starts (a hook on the output tensors) and removes them when it ends, so a non-reentrant
+recomputation sees the very tensors of the forward; a reentrant one rebuilds its layer's factors from
+the parameters (``LayerFactors.rebuild``), since its inner backward cannot reach the batched build.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from qpeft.layers import QPeftLayer, stale_flags
+from qpeft.layers import LayerFactors, QPeftLayer, stale_flags
 from qpeft.unitary.base import StiefelMap
 
 #: ``(layer index, side 0=U / 1=V, slot)``: where a built factor goes.
@@ -74,7 +81,8 @@ class FactorBatcher:
 
     def build(self, layers: list[QPeftLayer]) -> list[tuple[list[Tensor], list[Tensor]]]:
         """``(us, vs)`` per layer, as ``QPeftLayer.qpeft_u`` / ``qpeft_v`` would produce them."""
-        key = tuple((id(layer), layer.qpeft_lambda.dtype, layer.qpeft_lambda.device) for layer in layers)
+        key = tuple((id(layer), id(layer.qpeft_lambda), layer.qpeft_lambda.dtype, layer.qpeft_lambda.device)
+                    for layer in layers)
         if self._plan is None or self._plan[0] != key:
             self._plan = (key, plan_groups(layers))
         out: list[tuple[list[Tensor], list[Tensor]]] = [
@@ -86,16 +94,18 @@ class FactorBatcher:
         return out
 
     @contextlib.contextmanager
-    def precomputed(self, layers: Iterable[QPeftLayer]) -> Iterator[list[tuple[int, tuple[list[Tensor], list[Tensor]]]]]:
+    def precomputed(self, layers: Iterable[QPeftLayer]) -> Iterator[FactorSession]:
         """Within the context, every active layer (not merged, not disabled) uses the batched factors.
 
         While gradients are off only layers whose eval cache is stale are built (and then cached);
         the others are marked fresh for this forward (one host sync proves it for all of them).
-        Yields ``(index in layers, (us, vs))`` of every layer built here.
+        Yields the :class:`FactorSession` of the layers built here.
         """
         layers = list(layers)
+        for layer in layers:
+            layer._precomputed = None  # nothing left over from an earlier pass
         training = torch.is_grad_enabled()
-        candidates = [(i, layer) for i, layer in enumerate(layers) if not (layer.merged or layer.disabled)]
+        candidates = [(i, layer) for i, layer in enumerate(layers) if layer.active]
         if training:
             active = candidates
         else:
@@ -104,14 +114,67 @@ class FactorBatcher:
             fresh = [layer for (_, layer), stale in zip(candidates, flags) if not stale]
             for layer in fresh:
                 layer._cache_checked = True
-        built = list(zip((i for i, _ in active), self.build([layer for _, layer in active]))) if active else []
-        for (_, layer), (_, factors) in zip(active, built):
-            layer._precomputed = factors
+        built = self.build([layer for _, layer in active]) if active else []
+        session = FactorSession([i for i, _ in active], [layer for _, layer in active], built)
+        session.install()
         try:
-            yield built
+            yield session
         finally:
-            for _, layer in active:
-                layer._precomputed = None
+            session.uninstall()
             if not training:
                 for layer in fresh:
                     layer._cache_checked = False
+
+
+def output_tensors(output: Any) -> Iterator[Tensor]:
+    """Every tensor in a model output: a tensor, or nested in mappings (``ModelOutput``), tuples and lists."""
+    if isinstance(output, Tensor):
+        yield output
+    elif isinstance(output, Mapping):
+        for value in output.values():
+            yield from output_tensors(value)
+    elif isinstance(output, (tuple, list)):
+        for value in output:
+            yield from output_tensors(value)
+
+
+class FactorSession:
+    """The factors one forward pass built: on their layers during that pass and again during its backward.
+
+    ``built[j] = (us, vs)`` belongs to ``layers[j]`` (index ``index[j]`` in the model's layer list).
+    """
+
+    def __init__(self, index: list[int], layers: list[QPeftLayer],
+                 built: list[tuple[list[Tensor], list[Tensor]]]) -> None:
+        self.index = index
+        self.layers = layers
+        self.built = built
+        self._factors = [LayerFactors(us, vs) for us, vs in built]
+        self._in_backward = False
+
+    def install(self) -> None:
+        for layer, factors in zip(self.layers, self._factors):
+            layer._precomputed = factors
+
+    def uninstall(self) -> None:
+        for layer, factors in zip(self.layers, self._factors):
+            if layer._precomputed is factors:
+                layer._precomputed = None
+
+    def keep_for_backward(self, output: Any) -> None:
+        """Install the factors again when a backward through ``output`` starts, and remove them when it ends."""
+        if not any(f.requires_grad for f in self._factors):
+            return
+        for tensor in output_tensors(output):
+            if tensor.requires_grad:
+                tensor.register_hook(self._backward_started)
+
+    def _backward_started(self, grad: Tensor) -> None:
+        if not self._in_backward:  # the first output tensor reached by this backward
+            self._in_backward = True
+            self.install()
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_ended)
+
+    def _backward_ended(self) -> None:
+        self._in_backward = False
+        self.uninstall()

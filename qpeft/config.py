@@ -14,12 +14,16 @@ from typing import Any
 from qpeft.unitary.base import mapping_class
 
 CONFIG_NAME = "adapter_config.json"
+PEFT_TYPE = "QPEFT"
+ALL_LINEAR = "all-linear"
 BIAS_CHOICES = ("none", "all")
 QUANT_BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8)
+#: peft's ``TaskType`` values (kept here so that ``qpeft`` never has to import peft).
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
+    if not any(type(value) is type(a) and value == a for a in allowed):  # True is not 1, 0 is not False
         raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {list(allowed)}")
 
 
@@ -31,10 +35,47 @@ def _number(name: str, value: Any, ok: Callable[[float], bool], allowed: str) ->
 
 
 def _names(name: str, value: Any, allowed: str) -> list[str]:
-    """``value`` as a list of module-name suffixes; anything else (a non-string entry, ...) is an error."""
+    """``value`` as a list of module-name suffixes (a set, as peft keeps them, is sorted); anything else
+    (a non-string entry, ...) is an error."""
+    value = sorted(value) if isinstance(value, (set, frozenset)) else value
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: {allowed}")
     return list(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _regex(name: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"QPeftConfig.{name}={value!r} is not a valid regex: {err}") from None
+
+
+def _names_or_regex(name: str, value: Any) -> list[str] | str:
+    """A regex string (checked) or a list of module-name suffixes."""
+    if isinstance(value, str):
+        _regex(name, value)
+        return value
+    return _names(name, value, "a regex string or a list of module-name suffixes (strings)")
+
+
+def _pattern(name: str, value: Any, valid: Any, allowed: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"QPeftConfig.{name}={value!r} is invalid; allowed values: a dict regex -> {allowed}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"QPeftConfig.{name} key {key!r} is invalid; allowed: non-empty regex strings")
+        _regex(f"{name}[{key!r}]", key)
+        if not valid(item):
+            raise ValueError(f"QPeftConfig.{name}[{key!r}]={item!r} is invalid; allowed values: {allowed}")
+    return dict(value)
 
 
 @dataclass
@@ -47,7 +88,8 @@ class QPeftConfig:
 
     target_modules: list[str] | str | None = field(
         default=None,
-        metadata={"help": "Module names to adapt: a list of name suffixes, or one regex matched against the full name."},
+        metadata={"help": "Module names to adapt: a list of name suffixes, one regex matched against the full name, "
+                  "or 'all-linear' (every Linear / Conv1D / Linear4bit but the output head, as in peft)."},
     )
     rank: int = field(default=4, metadata={"help": "K: columns of U and V, entries of λ."})
     alpha: float = field(default=32.0, metadata={"help": "Scaling numerator: ΔW is multiplied by alpha / rank."})
@@ -78,7 +120,30 @@ class QPeftConfig:
     )
     quant_group_size: int = field(default=128, metadata={"help": "Quantization group size G."})
     quant_gamma: float = field(default=0.0, metadata={"help": "Adaptive bit loading exponent γ (0 = uniform)."})
-    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Recorded in adapter_config.json."})
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The base model (Hub id or path); filled in from the model when it knows it."}
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Modules never adapted: name suffixes, or one regex matched in full (peft's)."}
+    )
+    layers_to_transform: list[int] | int | None = field(
+        default=None, metadata={"help": "Only adapt targets in these layer indices (needs target_modules as a list)."}
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None, metadata={"help": "Name of the layer list, e.g. 'layer' or 'h'; needs layers_to_transform."}
+    )
+    rank_pattern: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "Module-name regex (matched as a suffix, as in peft) -> rank K."}
+    )
+    alpha_pattern: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "Module-name regex (matched as a suffix, as in peft) -> alpha."}
+    )
+    task_type: str | None = field(default=None, metadata={"help": f"peft's task type: one of {TASK_TYPES} or None."})
+    inference_mode: bool = field(
+        default=False, metadata={"help": "Adapter tensors frozen (set when loaded for inference)."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model (peft's field)."})
+    peft_type: str = field(default=PEFT_TYPE, metadata={"help": f"Always {PEFT_TYPE!r}: how peft recognises the file."})
 
     def __post_init__(self) -> None:
         if self.target_modules is None or (not isinstance(self.target_modules, str) and not self.target_modules):
@@ -124,11 +189,55 @@ class QPeftConfig:
                     f"QPeftConfig.{'mapping_options' if side == 'u' else 'mapping_options_v'} has unknown option(s) "
                     f"{unknown} for mapping {name!r}; allowed options: {sorted(cls.option_names())}"
                 )
+        self._check_peft_fields()
+
+    def _check_peft_fields(self) -> None:
+        """The fields that mean what they mean in peft: targets, layers, patterns, task type, flags."""
+        if isinstance(self.target_modules, str) and self.target_modules.lower() == ALL_LINEAR:
+            self.target_modules = ALL_LINEAR
+        if self.exclude_modules is not None:
+            self.exclude_modules = _names_or_regex("exclude_modules", self.exclude_modules)
+        self._check_layers()
+        self.rank_pattern = _pattern("rank_pattern", self.rank_pattern, lambda v: _is_int(v) and v >= 1,
+                                     "integers >= 1")
+        self.alpha_pattern = _pattern("alpha_pattern", self.alpha_pattern,
+                                      lambda v: _is_real(v) and math.isfinite(v) and v > 0, "finite numbers > 0")
+        task = getattr(self.task_type, "value", self.task_type)  # peft's TaskType members are accepted too
+        _choice("task_type", None if task is None else str(task), TASK_TYPES + (None,))
+        self.task_type = None if task is None else str(task)
+        _choice("inference_mode", self.inference_mode, (False, True))
+        _choice("peft_type", self.peft_type, (PEFT_TYPE,))
+
+    def _check_layers(self) -> None:
+        layers, pattern = self.layers_to_transform, self.layers_pattern
+        if layers is not None:
+            values = [layers] if _is_int(layers) else layers
+            if not isinstance(values, (list, tuple)) or not values or not all(_is_int(i) and i >= 0 for i in values):
+                raise ValueError(f"QPeftConfig.layers_to_transform={layers!r} is invalid; allowed values: None, an "
+                                 "integer >= 0 or a non-empty list of them")
+            if isinstance(self.target_modules, str):
+                raise ValueError("QPeftConfig.layers_to_transform needs target_modules as a list of names, got "
+                                 f"{self.target_modules!r} (as in peft)")
+            self.layers_to_transform = layers if _is_int(layers) else list(values)
+        if pattern is not None:
+            if layers is None:
+                raise ValueError("QPeftConfig.layers_pattern needs layers_to_transform (as in peft)")
+            self.layers_pattern = _names_or_regex("layers_pattern", pattern)
 
     @property
     def scaling(self) -> float:
         """The factor α/K in front of ``U diag(λ) Vᵀ``."""
         return self.alpha / self.rank
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        """peft's config protocol: Quantum-PEFT is not a prompt-learning method."""
+        return False
+
+    @property
+    def is_adaption_prompt(self) -> bool:
+        """peft's config protocol: Quantum-PEFT is not adaption prompt."""
+        return False
 
     def factor_specs(self) -> tuple[tuple[str, str, dict[str, Any]], tuple[str, str, dict[str, Any]]]:
         """``(("u", mapping, options), ("v", mapping, options))`` with the V defaults resolved."""
@@ -139,7 +248,7 @@ class QPeftConfig:
         return ("u", self.mapping, dict(self.mapping_options)), ("v", mapping_v, dict(options_v))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"peft_type": "QPEFT", **dataclasses.asdict(self)}
+        return dataclasses.asdict(self)
 
     def save(self, directory: str | Path) -> None:
         """Write ``adapter_config.json`` (atomically) into ``directory``."""
@@ -147,9 +256,15 @@ class QPeftConfig:
 
         atomic_write_text(Path(directory) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """peft's name for :meth:`save` (peft's ``auto_mapping_dict`` is not needed and ignored)."""
+        self.save(save_directory)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QPeftConfig:
-        data = {k: v for k, v in data.items() if k != "peft_type"}
+        if data.get("peft_type", PEFT_TYPE) != PEFT_TYPE:
+            raise ValueError(f"{CONFIG_NAME} has peft_type={data['peft_type']!r}, not a qpeft adapter; load it with "
+                             "peft.PeftModel.from_pretrained")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -157,10 +272,15 @@ class QPeftConfig:
         return cls(**data)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> QPeftConfig:
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+    def from_pretrained(cls, directory: str | Path, subfolder: str | None = None, **kwargs: Any) -> QPeftConfig:
+        """Read ``adapter_config.json`` from a directory or a Hub repo (``kwargs``: ``revision``, ``token``, ...).
+
+        peft calls this through its registry with its own keyword arguments; those that are not download
+        options are ignored, as peft does.
+        """
+        from qpeft.hub import resolve_file
+
+        path = Path(resolve_file(directory, CONFIG_NAME, subfolder, **kwargs))
         try:
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -20,18 +20,21 @@ from torch import nn
 from qpeft.config import QPeftConfig
 from qpeft.layers import base_layer_shape
 from qpeft.model import find_targets, fused_slices
+from qpeft.targets import rank_and_alpha
 from qpeft.unitary.base import count_mapping_parameters
 
 
-def module_count(out_features: int, in_features: int, config: QPeftConfig, slices: list[int] | None = None) -> int:
-    """Trainable parameters of one adapted layer of shape ``out x in``."""
+def module_count(out_features: int, in_features: int, config: QPeftConfig, slices: list[int] | None = None,
+                 rank: int | None = None) -> int:
+    """Trainable parameters of one adapted layer of shape ``out x in`` (rank ``K``: the config's by default)."""
     (_, map_u, opt_u), (_, map_v, opt_v) = config.factor_specs()
+    rank = rank or config.rank
     n_slices = len(slices) if slices else 1
     part_out = out_features // (config.fused_num_parts if slices else 1)
     per_slice = (
-        count_mapping_parameters(map_u, part_out, config.rank, **opt_u)
-        + count_mapping_parameters(map_v, in_features, config.rank, **opt_v)
-        + config.rank
+        count_mapping_parameters(map_u, part_out, rank, **opt_u)
+        + count_mapping_parameters(map_v, in_features, rank, **opt_v)
+        + rank
     )
     return n_slices * per_slice
 
@@ -39,7 +42,8 @@ def module_count(out_features: int, in_features: int, config: QPeftConfig, slice
 def model_count(model: nn.Module, config: QPeftConfig) -> dict[str, int]:
     """Per-target counts (without injecting) for ``model``; ``sum(...)`` is the adapter's total."""
     return {
-        name: module_count(*base_layer_shape(module), config, fused_slices(name, config))
+        name: module_count(*base_layer_shape(module), config, fused_slices(name, config),
+                           rank_and_alpha(name, config)[0])
         for name, module in find_targets(model, config)
     }
 

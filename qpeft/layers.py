@@ -9,6 +9,7 @@ into one block-structured ``U`` so the forward pass is always two skinny matmuls
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +35,9 @@ def base_layer_kind(module: nn.Module) -> str | None:
 
 
 def base_layer_shape(module: nn.Module) -> tuple[int, int]:
-    """``(out_features, in_features)`` of a supported base layer."""
+    """``(out_features, in_features)`` of a supported base layer (or of the one a ``QPeftLayer`` wraps)."""
+    if isinstance(getattr(module, "base_layer", None), nn.Module):
+        module = module.base_layer
     kind = base_layer_kind(module)
     if kind == "conv1d":
         return module.nf, module.weight.shape[0]
@@ -56,47 +59,52 @@ class FakeQuantize(nn.Module):
         return fake_quantize_ste(theta, self.bits, self.group_size, gamma=self.gamma)
 
 
-class QPeftLayer(nn.Module):
-    """A frozen ``base_layer`` plus the Quantum-PEFT update on the chosen output slices.
+@dataclass(eq=False)
+class LayerFactors:
+    """The factors the model's batched build made for one layer in one forward pass (``qpeft.batching``).
 
-    Trainable: ``qpeft_u[i]``/``qpeft_v[i]`` (mapping parameters of slice ``i``) and
-    ``qpeft_lambda`` (``slices x K``, zero at init so the layer equals its base exactly).
+    ``rebuild`` is set when the layer ran without gradients although the factors carry them: that is a
+    reentrant activation checkpoint's first pass, and its recomputation in the backward must then build
+    the layer's own factors from the parameters (the batched ones are not part of that inner graph).
     """
 
-    adapter_layer_names = ("qpeft_u", "qpeft_v", "qpeft_lambda")
+    us: list[torch.Tensor]
+    vs: list[torch.Tensor]
+    rebuild: bool = False
 
-    def __init__(self, base_layer: nn.Module, config: QPeftConfig, slices: list[int] | None = None) -> None:
+    @property
+    def requires_grad(self) -> bool:
+        return self.us[0].requires_grad
+
+
+class QPeftAdapter(nn.Module):
+    """One named adapter of one layer: ``qpeft_u[i]``/``qpeft_v[i]`` map the intrinsic parameters of slice ``i``
+    to ``U_i``/``V_i``, and ``qpeft_lambda`` (``slices x K``) starts at zero, so the layer equals its base exactly.
+    """
+
+    def __init__(self, out_features: int, in_features: int, config: QPeftConfig, slices: list[int] | None,
+                 rank: int, alpha: float, device: torch.device) -> None:
         super().__init__()
-        self.kind = base_layer_kind(base_layer)
-        if self.kind is None:
-            raise TypeError(f"cannot adapt a {type(base_layer).__name__}; supported: Linear, GPT-2 Conv1D, bnb Linear4bit")
-        self.base_layer = base_layer
-        self.out_features, self.in_features = base_layer_shape(base_layer)
-        self.fan_in_fan_out = self.kind == "conv1d" or config.fan_in_fan_out
         self.num_parts = config.fused_num_parts if slices else 1
-        if self.out_features % self.num_parts:
+        if out_features % self.num_parts:
             raise ValueError(
-                f"fused_num_parts={self.num_parts} does not divide out_features={self.out_features}"
+                f"fused_num_parts={self.num_parts} does not divide out_features={out_features}"
             )
+        self.out_features = out_features
         self.slices = list(slices) if slices else [0]
-        self.part_out = self.out_features // self.num_parts
-        self.rank = config.rank
-        self.scaling = config.scaling
+        self.part_out = out_features // self.num_parts
+        self.rank = rank
+        self.scaling = alpha / rank
         (_, map_u, opt_u), (_, map_v, opt_v) = config.factor_specs()
-        self.qpeft_u = nn.ModuleList(build_mapping(map_u, self.part_out, self.rank, **opt_u) for _ in self.slices)
-        self.qpeft_v = nn.ModuleList(build_mapping(map_v, self.in_features, self.rank, **opt_v) for _ in self.slices)
-        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), self.rank, device=base_layer.weight.device))
+        self.qpeft_u = nn.ModuleList(build_mapping(map_u, self.part_out, rank, **opt_u) for _ in self.slices)
+        self.qpeft_v = nn.ModuleList(build_mapping(map_v, in_features, rank, **opt_v) for _ in self.slices)
+        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), rank))
         self.qpeft_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.quant_bits is not None:
             self._register_qat(config)
         rows = torch.cat([torch.arange(s * self.part_out, (s + 1) * self.part_out) for s in self.slices])
         self.register_buffer("row_index", rows, persistent=False)
-        self.merged = False
-        self.disabled = False
-        self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
-        self._cache_checked = False  # set by qpeft.batching once it proved the cache fresh for one forward
-        self._precomputed: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # set by qpeft.batching
-        self._to_base_device()
+        self.to(device)
 
     def _register_qat(self, config: QPeftConfig) -> None:
         for mapping in self.mappings():
@@ -105,18 +113,139 @@ class QPeftLayer(nn.Module):
                     fq = FakeQuantize(config.quant_bits, config.quant_group_size, config.quant_gamma)
                     parametrize.register_parametrization(mapping, name, fq)
 
-    def _to_base_device(self) -> None:
-        device = self.base_layer.weight.device
-        for module in (self.qpeft_u, self.qpeft_v):
-            module.to(device)
-
     def mappings(self) -> list[StiefelMap]:
         return [*self.qpeft_u, *self.qpeft_v]
 
-    # ---------------------------------------------------------------- factors
     def adapter_parameters(self) -> list[nn.Parameter]:
         """Every tensor the factors and ``λ`` depend on (the mappings' parameters and ``qpeft_lambda``)."""
         return [p for m in self.mappings() for p in m.parameters()] + [self.qpeft_lambda]
+
+    def build(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(us, vs)``: every slice's factors, built by its own mappings."""
+        return [u() for u in self.qpeft_u], [v() for v in self.qpeft_v]
+
+    def assemble(self, us: list[torch.Tensor], vs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U_big, V_big)``: ``U_big`` is ``out x (S·K)`` (slice ``s`` in its rows), ``V_big`` is ``in x (S·K)``."""
+        v_big = vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
+        if len(us) == 1 and self.num_parts == 1:
+            return us[0], v_big
+        u_big = us[0].new_zeros(self.out_features, len(us) * self.rank)
+        blocks = torch.block_diag(*us)  # (S·part_out) x (S·K)
+        return u_big.index_copy(0, self.row_index, blocks), v_big
+
+    def update(self, u_big: torch.Tensor, v_big: torch.Tensor) -> torch.Tensor:
+        """``ΔW = (α/K) U diag(λ) Vᵀ`` (``out x in``) from assembled factors."""
+        return (u_big * (self.qpeft_lambda.reshape(-1) * self.scaling)) @ v_big.T
+
+
+def _active(attribute: str) -> property:
+    """A read-only view of the active adapter's ``attribute`` (the single-adapter API of the layer)."""
+    return property(lambda self: getattr(self.adapter, attribute), doc=f"The active adapter's ``{attribute}``.")
+
+
+class QPeftLayer(nn.Module):
+    """A frozen ``base_layer`` plus named Quantum-PEFT adapters (``qpeft_adapters``), one of them active.
+
+    The forward adds the active adapter's update unless it is merged into ``W`` or the layer is
+    ``disabled``; merged adapters stay folded into ``W`` whichever adapter is active (as in peft).
+    ``qpeft_u``, ``qpeft_v``, ``qpeft_lambda``, ``rank``, ``scaling`` and ``slices`` are the active adapter's.
+    """
+
+    adapter_layer_names = ("qpeft_adapters",)
+    qpeft_u = _active("qpeft_u")
+    qpeft_v = _active("qpeft_v")
+    qpeft_lambda = _active("qpeft_lambda")
+    rank = _active("rank")
+    scaling = _active("scaling")
+    slices = _active("slices")
+
+    def __init__(self, base_layer: nn.Module, config: QPeftConfig, slices: list[int] | None = None,
+                 adapter_name: str = "default", rank: int | None = None, alpha: float | None = None) -> None:
+        super().__init__()
+        self.kind = base_layer_kind(base_layer)
+        if self.kind is None:
+            raise TypeError(f"cannot adapt a {type(base_layer).__name__}; supported: Linear, GPT-2 Conv1D, bnb Linear4bit")
+        self.base_layer = base_layer
+        self.out_features, self.in_features = base_layer_shape(base_layer)
+        self.fan_in_fan_out = self.kind == "conv1d" or config.fan_in_fan_out
+        self.qpeft_adapters = nn.ModuleDict()
+        self._active_adapter: str | None = None  # peft's BaseTunerLayer names, so its layer status reads them
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None = None
+        self._cache_checked = False  # set by qpeft.batching once it proved the cache fresh for one forward
+        self._precomputed: LayerFactors | None = None  # set by qpeft.batching
+        self.add_adapter(adapter_name, config, slices, rank, alpha)
+        self.set_adapter(adapter_name)
+
+    # ---------------------------------------------------------------- adapters
+    def add_adapter(self, name: str, config: QPeftConfig, slices: list[int] | None = None,
+                    rank: int | None = None, alpha: float | None = None) -> None:
+        """Add adapter ``name`` (rank/alpha default to the config's); it is not made active."""
+        if name in self.qpeft_adapters:
+            raise ValueError(f"adapter {name!r} already exists on this layer")
+        self.qpeft_adapters[name] = QPeftAdapter(
+            self.out_features, self.in_features, config, slices, rank or config.rank,
+            config.alpha if alpha is None else alpha, self.base_layer.weight.device)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make ``name`` the active adapter; a layer that does not have it computes its base output."""
+        self._active_adapter = name if name in self.qpeft_adapters else None
+        self._cache = None
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ValueError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting it")
+        del self.qpeft_adapters[name]
+        if self.active_adapter == name:
+            self.set_adapter(next(iter(self.qpeft_adapters), None))
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [] if self._active_adapter is None else [self._active_adapter]
+
+    @property
+    def disabled(self) -> bool:
+        """Adapters switched off: the layer computes its base output."""
+        return self._disable_adapters
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        self._disable_adapters = bool(value)
+
+    @property
+    def disable_adapters(self) -> bool:
+        """peft's name for :attr:`disabled` (read-only, as in peft)."""
+        return self._disable_adapters
+
+    @property
+    def adapter(self) -> QPeftAdapter:
+        """The active adapter."""
+        if self.active_adapter is None:
+            raise AttributeError("this layer has no active adapter")
+        return self.qpeft_adapters[self.active_adapter]
+
+    @property
+    def merged(self) -> bool:
+        """Whether any adapter is folded into the base weight."""
+        return bool(self.merged_adapters)
+
+    @property
+    def active(self) -> bool:
+        """Whether the forward adds an update on the fly: an active adapter, not merged, layer not disabled."""
+        return not self.disabled and self.active_adapter is not None and self.active_adapter not in self.merged_adapters
+
+    def mappings(self) -> list[StiefelMap]:
+        return self.adapter.mappings()
+
+    # ---------------------------------------------------------------- factors
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every tensor the active adapter's factors and ``λ`` depend on."""
+        return self.adapter.adapter_parameters()
 
     def cache_changed(self) -> bool | torch.Tensor:
         """``True`` if the eval cache is missing or its parameters differ in shape, dtype or device; else a
@@ -141,36 +270,34 @@ class QPeftLayer(nn.Module):
         return not (changed is True or bool(changed))
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U_big, V_big)``: ``U_big`` is ``out x (S·K)`` (slice ``s`` in its rows), ``V_big`` is ``in x (S·K)``.
+        """``(U_big, V_big)`` of the active adapter (see :meth:`QPeftAdapter.assemble`).
 
-        Built once per call, or taken from the model's batched build (``_precomputed``, see
-        ``qpeft.batching``); reused while gradients are off and no parameter changed (eval mode).
+        Taken from the model's batched build (``_precomputed``, see ``qpeft.batching``) while that forward
+        pass or its backward runs, else built here; reused while gradients are off and no parameter
+        changed (eval mode).  Under a reentrant activation checkpoint the recomputation builds its own.
         """
-        cacheable = not torch.is_grad_enabled()
-        if cacheable and self._precomputed is None and (self._cache_checked or self.cache_is_valid()):
+        adapter, pre, grad = self.adapter, self._precomputed, torch.is_grad_enabled()
+        if pre is not None and pre.requires_grad and not grad:
+            pre.rebuild = True  # first pass of a reentrant checkpoint: values only, rebuilt in its backward
+        if pre is not None and not (pre.rebuild and grad):
+            factors = adapter.assemble(pre.us, pre.vs)
+            if not grad and not pre.requires_grad:
+                self._cache = ([p.detach().clone() for p in adapter.adapter_parameters()], *factors)
+            return factors
+        if not grad and (self._cache_checked or self.cache_is_valid()):
             return self._cache[1], self._cache[2]
-        if self._precomputed is not None:
-            us, vs = self._precomputed
-        else:
-            us = [u() for u in self.qpeft_u]
-            vs = [v() for v in self.qpeft_v]
-        v_big = vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
-        if len(us) == 1 and self.num_parts == 1:
-            u_big = us[0]
-        else:
-            u_big = us[0].new_zeros(self.out_features, len(us) * self.rank)
-            blocks = torch.block_diag(*us)  # (S·part_out) x (S·K)
-            u_big = u_big.index_copy(0, self.row_index, blocks)
-        if cacheable:
-            self._cache = ([p.detach().clone() for p in self.adapter_parameters()], u_big, v_big)
-        else:
-            self._cache = None
-        return u_big, v_big
+        factors = adapter.assemble(*adapter.build())
+        self._cache = ([p.detach().clone() for p in adapter.adapter_parameters()], *factors) if not grad else None
+        return factors
 
-    def delta_weight(self) -> torch.Tensor:
-        """``ΔW = (α/K) U diag(λ) Vᵀ`` as an ``out x in`` matrix (``in x out`` for fan-in-fan-out bases)."""
-        u_big, v_big = self.factors()
-        delta = (u_big * (self.qpeft_lambda.reshape(-1) * self.scaling)) @ v_big.T
+    def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
+        """``ΔW = (α/K) U diag(λ) Vᵀ`` of an adapter (default: the active one) as an ``out x in`` matrix
+        (``in x out`` for fan-in-fan-out bases)."""
+        if adapter_name in (None, self.active_adapter):
+            delta = self.adapter.update(*self.factors())
+        else:
+            adapter = self.qpeft_adapters[adapter_name]
+            delta = adapter.update(*adapter.assemble(*adapter.build()))
         return delta.T if self.fan_in_fan_out else delta
 
     # ---------------------------------------------------------------- forward
@@ -178,14 +305,15 @@ class QPeftLayer(nn.Module):
         if self.disabled and self.merged:
             self.unmerge()  # as in peft: a disabled adapter must not stay folded into W
         result = self.base_layer(x, *args, **kwargs)
-        if self.disabled or self.merged:
+        if not self.active:
             return result
         if self.kind == "linear4bit":
             result = result.clone()  # bnb may return a view of an internal buffer
+        adapter = self.adapter
         u_big, v_big = self.factors()
         dtype = result.dtype if torch.is_floating_point(result) else u_big.dtype
-        h = self.qpeft_dropout(x).to(dtype) @ v_big.to(dtype)
-        h = h * (self.qpeft_lambda.reshape(-1) * self.scaling).to(dtype)
+        h = adapter.qpeft_dropout(x).to(dtype) @ v_big.to(dtype)
+        h = h * (adapter.qpeft_lambda.reshape(-1) * adapter.scaling).to(dtype)
         return result + h @ u_big.to(dtype).T
 
     # ---------------------------------------------------------------- merge
@@ -211,31 +339,39 @@ class QPeftLayer(nn.Module):
         else:
             weight.data.copy_(value.to(weight.dtype))
 
-    def merge(self, safe_merge: bool = False) -> None:
-        """``W ← W + ΔW``; with ``safe_merge`` check the result is finite before writing."""
-        if self.merged:
-            warnings.warn("adapter already merged; nothing to do", stacklevel=2)
-            return
-        if self.kind == "linear4bit":
-            warnings.warn("merging into a 4-bit base re-quantizes W: outputs change by rounding", stacklevel=2)
-        with torch.no_grad():
-            merged = self._base_weight().float() + self.delta_weight().float()
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError("NaN or inf in the merged weight; the adapter is broken, not merging")
-            self._set_base_weight(merged)
-        self.merged = True
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """``W ← W + ΔW`` for each adapter (default: the active one); with ``safe_merge`` check the result
+        is finite before writing."""
+        names = [n for n in (adapter_names or [self.active_adapter]) if n is not None]
+        unknown = sorted(set(names) - set(self.qpeft_adapters))
+        if unknown:
+            raise ValueError(f"no adapter(s) {unknown} on this layer; available: {sorted(self.qpeft_adapters)}")
+        for name in names:
+            if name in self.merged_adapters:
+                warnings.warn(f"adapter {name!r} already merged; nothing to do", stacklevel=2)
+                continue
+            if self.kind == "linear4bit":
+                warnings.warn("merging into a 4-bit base re-quantizes W: outputs change by rounding", stacklevel=2)
+            with torch.no_grad():
+                merged = self._base_weight().float() + self.delta_weight(name).float()
+                if safe_merge and not torch.isfinite(merged).all():
+                    raise ValueError(f"NaN or inf in the merged weight; adapter {name!r} is broken, not merging")
+                self._set_base_weight(merged)
+            self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
-        """``W ← W − ΔW`` (exact for float bases, approximate for 4-bit ones)."""
+        """``W ← W − ΔW`` for every merged adapter, last merged first (exact for float bases, approximate for 4-bit)."""
         if not self.merged:
             warnings.warn("adapter is not merged; nothing to do", stacklevel=2)
             return
         with torch.no_grad():
-            self._set_base_weight(self._base_weight().float() - self.delta_weight().float())
-        self.merged = False
+            while self.merged_adapters:
+                name = self.merged_adapters.pop()
+                self._set_base_weight(self._base_weight().float() - self.delta_weight(name).float())
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, scaling={self.scaling:g}, slices={self.slices}/{self.num_parts}, kind={self.kind}"
+        adapters = {n: f"K={a.rank}, slices={a.slices}/{a.num_parts}" for n, a in self.qpeft_adapters.items()}
+        return f"kind={self.kind}, active={self.active_adapter!r}, adapters={adapters}"
 
 
 def stale_flags(layers: list[QPeftLayer]) -> list[bool]:
@@ -247,22 +383,43 @@ def stale_flags(layers: list[QPeftLayer]) -> list[bool]:
 
 
 class ModulesToSave(nn.Module):
-    """A fully trained copy of a module (e.g. a classifier head) beside the frozen original.
+    """Fully trained copies of a module (e.g. a classifier head), one per adapter, beside the frozen original.
 
-    The copy is used unless the adapter is disabled; only the copy is saved.
+    The active adapter's copy is used unless the adapters are disabled or the active adapter has no copy;
+    only the copies are saved.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, adapter_name: str = "default") -> None:
         super().__init__()
+        self.original_module = module
+        self.qpeft_modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disabled = False
+        self.add_adapter(adapter_name)
+        self.set_adapter(adapter_name)
+
+    def add_adapter(self, name: str) -> None:
         import copy
 
-        self.original_module = module
-        self.qpeft_modules_to_save = copy.deepcopy(module)
-        self.disabled = False
+        self.qpeft_modules_to_save[name] = copy.deepcopy(self.original_module)
+
+    def set_adapter(self, name: str | None) -> None:
+        self.active_adapter = name if name in self.qpeft_modules_to_save else None
+
+    def delete_adapter(self, name: str) -> None:
+        del self.qpeft_modules_to_save[name]
+        if self.active_adapter == name:
+            self.set_adapter(next(iter(self.qpeft_modules_to_save), None))
+
+    @property
+    def active_module(self) -> nn.Module:
+        """The module the forward uses: the active adapter's copy, else the original."""
+        if self.disabled or self.active_adapter is None:
+            return self.original_module
+        return self.qpeft_modules_to_save[self.active_adapter]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        target = self.original_module if self.disabled else self.qpeft_modules_to_save
-        return target(*args, **kwargs)
+        return self.active_module(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -270,4 +427,4 @@ class ModulesToSave(nn.Module):
         except AttributeError:
             if name.startswith("_") or "qpeft_modules_to_save" not in self.__dict__.get("_modules", {}):
                 raise
-            return getattr(self._modules["qpeft_modules_to_save"], name)
+            return getattr(self.active_module, name)

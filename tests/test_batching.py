@@ -112,7 +112,7 @@ def test_batched_build_calls_each_group_once(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(TaylorMapping, "forward_batched", classmethod(count_batched))
     model(torch.randn(2, 24)).sum().backward()
     assert calls == {"forward": 0, "batched": 2}  # four (24, 3) factors in one call; rebuilt once in backward
-    model._batcher.checkpoint = False
+    model.base_model._batcher.checkpoint = False
     model(torch.randn(2, 24)).sum().backward()
     assert calls == {"forward": 0, "batched": 3}
 

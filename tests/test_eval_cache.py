@@ -48,7 +48,7 @@ def _inplace_data(model: nn.Module) -> None:
 
 def _one_value(model: nn.Module) -> None:
     with torch.no_grad():
-        model.base_model[0].qpeft_v[0].theta.data[5] += 0.5  # one Lie entry of one factor
+        model.get_base_model()[0].qpeft_v[0].theta.data[5] += 0.5  # one Lie entry of one factor
 
 
 def _to_float64(model: nn.Module) -> None:

@@ -169,7 +169,7 @@ def test_neumann_warns_when_its_series_diverges() -> None:
         with torch.no_grad():
             model(x)
     assert not [w for w in caught if issubclass(w.category, ManifoldWarning)]
-    mapping = model.base_model[0].qpeft_u[0]
+    mapping = model.get_base_model()[0].qpeft_u[0]
     with torch.no_grad():
         mapping.theta.mul_(1.2 / generator_norm(mapping.theta_block()))  # ‖S‖₂ = 1.2
     with warnings.catch_warnings(record=True) as caught:

@@ -112,7 +112,7 @@ def test_save_load_round_trip_under_another_seed(case: tuple, tmp_path) -> None:
     _train(model, inputs)
     expected = _out(model, inputs)
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "QPEFT"
     torch.manual_seed(1234)  # a different seed must not matter: everything needed is in the files
     loaded = QPeftModel.from_pretrained(copy.deepcopy(reference), tmp_path)

@@ -38,22 +38,34 @@ class Linear4bitNet(nn.Module):
         return self.classifier(torch.relu(self.q4(torch.relu(self.inp(x)))))
 
 
-def tiny_gpt2() -> nn.Module:
+def tiny_gpt2(dropout: float = 0.1) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
     return GPT2LMHeadModel(cfg).eval()
 
 
-def tiny_deberta() -> nn.Module:
+def tiny_deberta(dropout: float = 0.1) -> nn.Module:
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     cfg = DebertaV2Config(
         vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
-        max_relative_positions=32, num_labels=3, pad_token_id=0,
+        max_relative_positions=32, num_labels=3, pad_token_id=0, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     return DebertaV2ForSequenceClassification(cfg).eval()
+
+
+def randomize_adapters(model: nn.Module, seed: int = 5, scale: float = 0.3) -> nn.Module:
+    """Every trainable tensor (λ, the mapping parameters, heads) set to seeded random values: a visible update."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=g) * scale)
+    return model
 
 
 DEBERTA_TARGETS = r".*layer\.\d+\.(attention\.self\.(query|key|value)_proj|attention\.output\.dense|intermediate\.dense|output\.dense)"
