@@ -167,5 +167,12 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+#: Written beside an adapter for people, not needed to load it: not counted in ``adapter_bytes``.
+DOCUMENTATION_FILES = ("README.md",)
+
+
 def dir_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
+    """Bytes of the files under ``directory`` that a loader reads (the model card is left out)."""
+    if not directory.exists():
+        return 0
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and p.name not in DOCUMENTATION_FILES)
