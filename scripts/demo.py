@@ -1,4 +1,4 @@
-"""CPU demo (``make demo``): real SST-2, real all-MiniLM-L6-v2, four methods under one protocol.
+"""CPU demo (``make demo``): real SST-2, real all-MiniLM-L6-v2, five methods under one protocol.
 
     python scripts/demo.py                       # head_only, lora, quantum_peft_qsd (Pauli blocks), quantum_peft_taylor, quantum_peft_exp
     python scripts/demo.py --steps 100 --methods lora,quantum_peft_taylor
