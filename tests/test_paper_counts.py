@@ -150,12 +150,25 @@ def _method_config(name: str, **extra: object) -> QPeftConfig:
                        mapping_options=OmegaConf.to_container(method.mapping_options), **extra)
 
 
-@pytest.mark.parametrize("name", ["quantum_peft_taylor", "quantum_peft_exp"])
-def test_lie_method_configs_give_their_header_counts(name: str) -> None:
-    """The counts stated in the Lie method configs' headers (K = 3, K' = 1, λ included)."""
+HEADER_COUNTS = {  # method config -> (DeBERTaV3-base six matrices or None, GPT-2 Medium Q and V)
+    "quantum_peft": (11_160, 2_832), "quantum_peft_qsd": (66_312, 2_832), "quantum_peft_pad": (4_392, 2_832),
+    "quantum_peft_pauli": (None, 2_832), "quantum_peft_taylor": (165_960, 98_352), "quantum_peft_exp": (165_960, 98_352),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_COUNTS))
+def test_method_configs_give_their_header_counts(name: str) -> None:
+    """Every Quantum-PEFT method config states its count on DeBERTaV3-base and GPT-2 Medium; both are true."""
+    deberta_count, gpt2_count = HEADER_COUNTS[name]
     header = (Path(__file__).resolve().parents[1] / "conf" / "method" / f"{name}.yaml").read_text()
-    assert "DeBERTaV3-base, the six matrices: 165,960" in header and "(c_attn slices 0, 2): 98,352" in header
-    deberta = _method_config(name, target_modules=DEBERTA_TARGETS)
-    assert sum(model_count(deberta_v3_base(), deberta).values()) == 165_960
+    assert f"(c_attn slices 0, 2): {gpt2_count:,}" in header
     gpt2 = _method_config(name, target_modules=["c_attn"], fused_modules={"c_attn": [0, 2]}, fused_num_parts=3)
-    assert sum(model_count(gpt2_medium(), gpt2).values()) == 98_352
+    assert sum(model_count(gpt2_medium(), gpt2).values()) == gpt2_count
+    deberta = _method_config(name, target_modules=DEBERTA_TARGETS)
+    if deberta_count is None:
+        assert "DeBERTaV3-base: not applicable" in header
+        with pytest.raises(ValueError, match="power of 2"):
+            model_count(deberta_v3_base(), deberta)
+        return
+    assert f"DeBERTaV3-base, the six matrices: {deberta_count:,}" in header
+    assert sum(model_count(deberta_v3_base(), deberta).values()) == deberta_count
