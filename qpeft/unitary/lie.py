@@ -224,9 +224,9 @@ def phi_function(z: Tensor) -> Tensor:
     :math:`Z`, which may be singular).
 
     With :math:`s` such that :math:`\|Z/2^s\|_1 \le 1/2` (one host read of the norm, as
-    ``torch.linalg.matrix_exp`` does), :math:`\varphi` and :math:`e^{W} = I + W\varphi(W)` are summed at
+    ``torch.linalg.matrix_exp`` does), :math:`\varphi` is summed at
     :math:`W = Z/2^s` (Horner, order 13), then doubled :math:`s` times by
-    :math:`\varphi(2W) = \tfrac12\varphi(W)(e^{W} + I)`, :math:`e^{2W} = (e^{W})^2`.  Only matmuls, so the
+    :math:`\varphi(2W) = \tfrac12\varphi(W)(e^{W} + I)` with :math:`e^{W} = I + W\varphi(W)`.  Only matmuls, so the
     backward is a few more (``matrix_exp``'s backward exponentiates a matrix twice the size, 5x slower
     at ``2K' = 32``).  Equal to the top-right block of :math:`\exp\begin{psmallmatrix}Z&I\\0&0\end{psmallmatrix}`
     to about :math:`10^{-15}` relative (tested).
