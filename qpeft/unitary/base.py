@@ -139,6 +139,15 @@ class StiefelMap(nn.Module, ABC):
         """
         return torch.stack([m() for m in mappings])
 
+    @classmethod
+    def matmul_batched(cls, mappings: Sequence[StiefelMap], x: torch.Tensor) -> torch.Tensor:
+        """``mappings[b].matmul(x[b])`` (the whole orthogonal matrix times ``x[B, n, m]``) for equal-key mappings.
+
+        Default: one ``matmul`` per mapping (only mappings that define ``matmul``).  Subclasses override it
+        with one batched call of their core on the stacked parameters.
+        """
+        return torch.stack([m.matmul(xb) for m, xb in zip(mappings, x.unbind(0))])
+
     def unitarity_error(self) -> torch.Tensor:
         """Frobenius norm of ``UᵀU - I`` (a 0-dim tensor, no gradient)."""
         with torch.no_grad():

@@ -386,6 +386,10 @@ class ExpMapping(LowerEntries):
     def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return exp_columns(cls.stacked_block(mappings), mappings[0].k)
 
+    @classmethod
+    def matmul_batched(cls, mappings: Sequence[LowerEntries], x: Tensor) -> Tensor:
+        return exp_apply(cls.stacked_block(mappings), x)
+
 
 @register_mapping("taylor")
 class TaylorMapping(_SeriesMapping):
@@ -405,6 +409,10 @@ class TaylorMapping(_SeriesMapping):
     @classmethod
     def forward_batched(cls, mappings: Sequence[LowerEntries]) -> Tensor:
         return taylor_columns(cls.stacked_block(mappings), mappings[0].k, mappings[0].order)
+
+    @classmethod
+    def matmul_batched(cls, mappings: Sequence[LowerEntries], x: Tensor) -> Tensor:
+        return taylor_apply(cls.stacked_block(mappings), x, mappings[0].order)
 
 
 @register_mapping("cayley")

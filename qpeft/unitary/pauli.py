@@ -199,5 +199,10 @@ class PauliMap(StiefelMap):
         first = mappings[0]
         return pauli_columns(cls.stacked_theta(mappings), first.n_qubits, first.layers, first.k, first.signs)
 
+    @classmethod
+    def matmul_batched(cls, mappings: Sequence[PauliMap], x: Tensor) -> Tensor:
+        first = mappings[0]
+        return pauli_apply(cls.stacked_theta(mappings), x, first.n_qubits, first.layers, first.signs)
+
     def extra_repr(self) -> str:
         return f"n={self.n}, k={self.k}, layers={self.layers}"

@@ -70,8 +70,6 @@ import torch
 from torch import Tensor, nn
 
 from qpeft.unitary.base import StiefelMap, build_mapping, count_mapping_parameters, register_mapping
-from qpeft.unitary.lie import ExpMapping, TaylorMapping, exp_apply, taylor_apply
-from qpeft.unitary.pauli import PauliMap, pauli_apply
 
 BLOCKS = ("pauli", "taylor", "exp")
 #: Lie-algebra blocks: their ``intrinsic_rank`` K' defaults to the mapping's K (never the block's full size)
@@ -175,18 +173,6 @@ def _factor_times(factor: nn.Module | None, x: Tensor) -> Tensor:
     return factor()[:, : x.shape[-2]] @ x
 
 
-def _block_matmul_batched(blocks: Sequence[StiefelMap], x: Tensor) -> Tensor:
-    """``blocks[b]``'s whole orthogonal matrix times ``x[b]``, in one batched call (as ``block.matmul``)."""
-    first = blocks[0]
-    if isinstance(first, TaylorMapping):
-        return taylor_apply(TaylorMapping.stacked_block(blocks), x, first.order)
-    if isinstance(first, ExpMapping):
-        return exp_apply(ExpMapping.stacked_block(blocks), x)
-    if isinstance(first, PauliMap):
-        return pauli_apply(PauliMap.stacked_theta(blocks), x, first.n_qubits, first.layers, first.signs)
-    return torch.stack([b.matmul(xb) for b, xb in zip(blocks, x.unbind(0))])
-
-
 def _factors_times_batched(factors: Sequence[nn.Module | None], x: Tensor) -> Tensor:
     """``factors[b] @ x[b]`` for equal-structure factors, ``x[B, r, m]`` (batched ``_factor_times``)."""
     first = factors[0]
@@ -195,7 +181,7 @@ def _factors_times_batched(factors: Sequence[nn.Module | None], x: Tensor) -> Te
     if isinstance(first, _CSDFactor):
         return _CSDFactor.matmul_batched(factors, x)
     if x.shape[-2] == first.n:
-        return _block_matmul_batched(factors, x)
+        return type(first).matmul_batched(factors, x)
     return type(first).forward_batched(factors)[..., : x.shape[-2]] @ x
 
 
