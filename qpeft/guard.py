@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qpeft.layers import QPeftLayer
+from qpeft.unitary.base import orthonormality_error
 
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_CHECK_EVERY = 100
@@ -40,13 +41,7 @@ def factor_names(names: Sequence[str], layers: Sequence[QPeftLayer]) -> list[tup
 def factor_errors(names: Sequence[str], layers: Sequence[QPeftLayer],
                   built: Sequence[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> dict[str, float]:
     """``‖UᵀU − I‖_F`` (float32 or wider) of already built factors ``built[i] = (us, vs)``; one host sync."""
-    errors = []
-    with torch.no_grad():
-        for us, vs in built:
-            for u in (*us, *vs):
-                u = u.detach().to(torch.promote_types(u.dtype, torch.float32))
-                eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
-                errors.append(torch.linalg.matrix_norm(u.mT @ u - eye))
+    errors = [orthonormality_error(u) for us, vs in built for u in (*us, *vs)]
     values = torch.stack([e.to(errors[0].device) for e in errors]).tolist() if errors else []
     return {name: value for (name, _), value in zip(factor_names(names, layers), values)}
 
@@ -75,20 +70,17 @@ class UnitarityGuard:
         self._check_neumann(mappings)
         return errors
 
-    def observe(self, errors: dict[str, float], mappings: dict[str, object] | None = None) -> list[str]:
-        """Update the running maximum; warn for each factor newly above tolerance; return those names."""
-        offenders = []
+    def observe(self, errors: dict[str, float], mappings: dict[str, object] | None = None) -> None:
+        """Update the running maximum; warn once for each factor newly above tolerance."""
         for name, error in errors.items():
             if not error <= self.max_error:  # NaN counts as the worst
                 self.max_error, self.worst = error, name
             if self.tolerance is not None and not error <= self.tolerance and name not in self.warned:
                 self.warned.add(name)
-                offenders.append(name)
                 mapping = (mappings or {}).get(name)
                 warnings.warn(
                     f"qpeft: adapter factor {name} left the Stiefel manifold: ‖UᵀU − I‖_F = {error:.3g} > "
                     f"tolerance {self.tolerance:g}{_hint(mapping)}", ManifoldWarning, stacklevel=2)
-        return offenders
 
     def _check_neumann(self, mappings: dict[str, object]) -> None:
         from qpeft.unitary.lie import NeumannMapping, generator_norm

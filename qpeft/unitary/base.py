@@ -36,6 +36,14 @@ def check_real(name: str, value: Any, low: float) -> float:
     return float(value)
 
 
+def orthonormality_error(u: torch.Tensor) -> torch.Tensor:
+    """``‖UᵀU − I‖_F`` of ``u[..., n, k]`` (no gradient), computed in float32 or the wider dtype of ``u``."""
+    with torch.no_grad():
+        u = u.detach().to(torch.promote_types(u.dtype, torch.float32))
+        eye = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
+        return torch.linalg.matrix_norm(u.mT @ u - eye)
+
+
 def register_mapping(name: str) -> Callable[[type[StiefelMap]], type[StiefelMap]]:
     """Class decorator: make a mapping buildable by ``build_mapping(name, ...)``."""
 
@@ -149,11 +157,9 @@ class StiefelMap(nn.Module, ABC):
         return torch.stack([m.matmul(xb) for m, xb in zip(mappings, x.unbind(0))])
 
     def unitarity_error(self) -> torch.Tensor:
-        """Frobenius norm of ``UᵀU - I`` (a 0-dim tensor, no gradient)."""
+        """Frobenius norm of ``UᵀU - I`` (a 0-dim tensor, no gradient): :func:`orthonormality_error` of ``forward()``."""
         with torch.no_grad():
-            u = self.forward().float()
-            eye = torch.eye(self.k, device=u.device, dtype=u.dtype)
-            return torch.linalg.matrix_norm(u.T @ u - eye)
+            return orthonormality_error(self.forward())
 
     def in_manifold(self, eps: float = 1e-5) -> bool:
         """Whether ``forward()`` has orthonormal columns up to ``eps`` (Frobenius)."""
