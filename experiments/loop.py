@@ -137,6 +137,7 @@ class Trainer:
         with acc.main_process_first():
             model, tokenizer = build_model(self.cfg.model, task)
             data = task.build_datasets(tokenizer)
+        task.prepare_model(model)
         # The loader's own generator (re-seeded every epoch) seeds its workers: iterating never draws from the
         # global RNG, whose state is the training's (dropout) and is checkpointed.
         self.data_generator = torch.Generator()
@@ -153,7 +154,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_dl) / tc.grad_accum_steps)
         self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.method: Method = build_method(self.cfg.method, model, self.cfg.model, self.total_steps)
+        self.method: Method = build_method(self.cfg.method, model, self.cfg.model, self.total_steps,
+                                           task.peft_task_type)
         optimizer = torch.optim.AdamW(self.method.param_groups(tc.weight_decay), lr=tc.lr,
                                       betas=tuple(tc.adam_betas), eps=tc.adam_eps)
         warmup = tc.warmup_steps or int(tc.warmup_ratio * self.total_steps)
@@ -270,6 +272,8 @@ class Trainer:
         self.watch.check(acc)  # nothing non-finite is evaluated, recorded or checkpointed
         check_parameters(self.method.trainable_parameters().values(), p.global_step)
         metrics = self.task.evaluate(self.model, _Limited(self.eval_dl, self.tc.max_eval_batches), acc, "val")
+        if p.global_step >= self.total_steps:  # the final model: the task's end-of-training metrics join in
+            metrics.update(self.task.final_evaluate(self.model, acc, self.output_dir))
         check_metrics(metrics, p.global_step)
         name = self.cfg.optimized_metric
         if name not in metrics:

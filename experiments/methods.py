@@ -215,13 +215,17 @@ def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
         target_modules=_targets(model_cfg), rank=opts["rank"], alpha=opts["alpha"], mapping=opts["mapping"],
         mapping_options=opts["mapping_options"], mapping_v=opts["mapping_v"],
         mapping_options_v=opts["mapping_options_v"], dropout=opts["dropout"],
+        fused_modules=OmegaConf.to_container(model_cfg.fused_modules, resolve=True),
+        fused_num_parts=model_cfg.fused_num_parts,
         modules_to_save=OmegaConf.to_container(model_cfg.head_modules, resolve=True), bias=opts["bias"],
         quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"], quant_gamma=opts["quant_gamma"],
     )
 
 
-def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig, total_steps: int) -> Method:
-    """Wrap/freeze ``model`` as ``method_cfg.kind`` says; ``total_steps`` = optimizer steps of the run."""
+def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig, total_steps: int,
+                 task_type: str = "SEQ_CLS") -> Method:
+    """Wrap/freeze ``model`` as ``method_cfg.kind`` says; ``total_steps`` = optimizer steps of the run,
+    ``task_type`` the ``peft.TaskType`` name of the task (``SEQ_CLS``, ``CAUSAL_LM``)."""
     kind = method_cfg.kind
     heads = list(model_cfg.head_modules)
     if kind == "quantum_peft":
@@ -240,7 +244,7 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
         kwargs["target_modules"] = kwargs["target_modules"] or _targets(model_cfg)
         if "reference_total_step" in kwargs:
             _adalora_schedule(kwargs, total_steps)
-        peft_cfg = config_class(task_type=TaskType.SEQ_CLS, modules_to_save=heads, **kwargs)
+        peft_cfg = config_class(task_type=TaskType[task_type], modules_to_save=heads or None, **kwargs)
         return PeftMethod(get_peft_model(model, peft_cfg), method_cfg)
     if kind == "bitfit":
         _freeze_except(model, lambda n: n.endswith("bias") or _is_head(n, heads))

