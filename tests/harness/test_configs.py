@@ -13,6 +13,7 @@ from experiments import apply_debug, run
 from tests.harness.conftest import CONF, EXPERIMENTS, fast_overrides
 
 METHODS = ["quantum_peft", "lora", "adalora", "bitfit", "full_ft"]
+GLUE_EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("e2e_")]  # E2E runs: tests/e2e/test_task.py
 
 
 def test_experiments_exist() -> None:
@@ -24,7 +25,7 @@ def test_yaml_opens_with_comment_header(path) -> None:
     assert path.read_text().startswith("#"), f"{path} must open with a comment header"
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", GLUE_EXPERIMENTS)
 @pytest.mark.parametrize("method", METHODS)
 def test_experiment_method_runs_one_step(experiment, method, make_cfg, glue_dir, tmp_path) -> None:
     cfg = make_cfg([f"+experiment={experiment}", f"method={method}", *fast_overrides(tmp_path, glue_dir)])
