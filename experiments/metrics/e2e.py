@@ -16,6 +16,11 @@ Input files follow the official plain-text format: :func:`read_references` (refe
 instance on consecutive lines, a blank line between instances; a file without blank lines is one
 reference per instance) and :func:`read_predictions` (one output per line).
 
+Where the official script fails, this module does not: trailing blank lines in a reference file are
+ignored (the official script asserts on two or more), an empty reference group is a ``ValueError``, and a
+NIST term with a zero denominator counts as 0 (see :func:`corpus_nist`). Everything else is the same
+computation, to the last printed digit (``tests/e2e``).
+
 Command line (prints what ``measure_scores.py`` prints, so the two can be diffed)::
 
     python -m experiments.metrics.e2e REFS SYS
@@ -155,7 +160,8 @@ def corpus_nist(
     hits(g) the clipped matches of :func:`clipped_hits` and the information weight
     info(g) = log2(#(g without its last word) / #(g)), # counting over every reference sentence of the
     corpus (#(empty) = total reference words). BP is :func:`nist_brevity_penalty` of the total output
-    length and L̄_ref = Σ_segments (mean reference length of the segment).
+    length and L̄_ref = Σ_segments (mean reference length of the segment). A term whose denominator is
+    0 counts as 0 (the official port raises ZeroDivisionError there, e.g. on all-empty outputs).
     """
     ref_counts: list[Counter[Ngram]] = [Counter() for _ in range(max_n + 1)]
     segment_hits: list[list[Counter[Ngram]]] = [[] for _ in range(max_n + 1)]
@@ -179,7 +185,8 @@ def corpus_nist(
         weighted = 0.0
         for hits in segment_hits[n]:
             weighted += sum(info(ngram) * count for ngram, count in hits.items())
-        total += weighted / lengths[n]
+        if lengths[n]:  # 0 when the mean output length is n - 1 (all-empty outputs: n = 2); the port divides by it
+            total += weighted / lengths[n]
     return nist_brevity_penalty(lengths[1], mean_ref_len) * total
 
 

@@ -67,6 +67,11 @@ def test_bleu_nist_need_no_java(monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"{scores['BLEU']:.4f}" == "0.7203" and f"{scores['NIST']:.4f}" == "7.7889"
 
 
+def test_all_empty_outputs_score_without_dividing_by_zero() -> None:
+    scores = score_e2e([["The Eagle is a pub ."], ["Zizzi is cheap ."]], ["", ""], metrics=("BLEU", "NIST"))
+    assert scores["BLEU"] < 1e-3 and scores["NIST"] == 0.0
+
+
 def test_identical_output_scores_bleu_one() -> None:
     refs = [["The Eagle is a pub near the river ."], ["Zizzi is cheap and family friendly ."]]
     assert score_e2e(refs, [r[0] for r in refs], metrics=("BLEU",))["BLEU"] == pytest.approx(1.0)
@@ -201,6 +206,13 @@ def test_missing_jars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(e2e, "required_jars", lambda: [tmp_path / "meteor-1.5.jar"])
     with pytest.raises(JavaDependencyError, match=r"meteor-1\.5\.jar.*pip install --no-deps pycocoevalcap==1\.2"):
         score_e2e([["a b"]], ["a b"], metrics=("METEOR",))
+
+
+def test_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(e2e.shutil, "which", lambda _: "/usr/bin/java")
+    monkeypatch.setattr(e2e.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(JavaDependencyError, match=r"pycocoevalcap\.meteor\.meteor not found.*--no-deps pycocoevalcap"):
+        score_e2e([["a b"]], ["a b"], metrics=("CIDEr",))
 
 
 def test_jars_are_found_in_the_installed_package() -> None:
