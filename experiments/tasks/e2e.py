@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from experiments.metrics.e2e import METRICS as E2E_METRICS
 from experiments.tasks.base import Task
 from experiments.tasks.decoding import BeamSettings, beam_decode
 
@@ -46,7 +47,6 @@ SOURCES = ("auto", "local", "hub")
 HUB_DATASET = "tuetschek/e2e_nlg"
 HUB_SPLITS = {"train_file": "train", "val_file": "validation", "test_file": "test"}
 IGNORE = -100
-E2E_METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")  # measure_scores.py's, in its order
 Pair = tuple[str, str]  # (MR, reference)
 
 
