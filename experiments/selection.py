@@ -64,6 +64,7 @@ RULES: dict[str, SelectionRule] = {
         "final epoch, not the best), learning rate by the best mean BLEU over seeds",
         experiments=("e2e_gpt2m",), model="gpt2_medium", metric={"e2e_gpt2m": "test/bleu"}, epoch="final",
         seeds=(0, 1, 2), methods=("lora", "adalora", "loha", "lokr", "quantum_peft_taylor"),
+        swept_protocols=(),  # §12.2 prints every method's learning rate (LoRA 2e-4, Quantum-PEFT 2e-3): no sweep
     ),
     "6": SelectionRule(
         table="6", description="CIFAR-10, ViT-B/16 with a 3-bit base: early stopping (patience 5), so each run "
@@ -102,12 +103,20 @@ def feeds(record: dict[str, Any], rule: SelectionRule, experiment: str, method: 
             and info["seed"] in rule.seeds and (tag == "" or LR_TAG.match(tag) is not None))
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses and perplexities (``val/loss``, ``val/ppl``); every other metric is higher-is-better."""
+    return metric.endswith(("/loss", "/ppl"))
+
+
 def run_value(record: dict[str, Any], metric: str, epoch: str) -> float | None:
-    """The record's contribution: its best evaluation of ``metric`` or its last one (higher is better)."""
+    """The record's contribution: its best evaluation of ``metric`` (the lowest loss, else the highest
+    value) or its last one."""
     values = [m[metric] for m in record["train_info"]["metrics"] if metric in m and _finite(m[metric])]
     if not values:
         return None
-    return max(values) if epoch == "best" else values[-1]
+    if epoch == "final":
+        return values[-1]
+    return min(values) if lower_is_better(metric) else max(values)
 
 
 def _finite(value: Any) -> bool:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.paper_values import GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2, TABLE8_PARAMS  # noqa: E402
+from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
+                                      TABLE3, TABLE8_PARAMS)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
 from experiments.table_format import Document, Section  # noqa: E402
@@ -58,10 +59,10 @@ def load_records(raw_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return records, skipped
 
 
-def aggregate(values: list[float]) -> str:
-    """``mean ± std (n)`` in percent."""
-    mean = 100 * statistics.mean(values)
-    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+def aggregate(values: list[float], scale: float = 100.0) -> str:
+    """``mean ± std (n)`` of ``scale × values`` (percent by default)."""
+    mean = scale * statistics.mean(values)
+    spread = f" ± {scale * statistics.stdev(values):.2f}" if len(values) > 1 else ""
     return f"{mean:.2f}{spread} (n={len(values)})"
 
 
@@ -84,15 +85,69 @@ def table2(records: list[dict[str, Any]]) -> Document:
         header=["method", "#params (paper)", *(t.upper() for t in GLUE_TASKS)], rows=rows, notes=notes)])
 
 
+def _params(records: list[dict[str, Any]], files: list[str]) -> str:
+    counts = sorted({r["train_info"]["trainable_params"] for r in records if r["_file"] in files})
+    return " / ".join(f"{c:,}" for c in counts)
+
+
+def e2e_scores(records: list[dict[str, Any]], files: list[str], epoch: str) -> list[str]:
+    """The five scores (paper scale: BLEU, METEOR, ROUGE-L x 100) over the records named ``files``."""
+    cells = []
+    for metric in E2E_METRICS:
+        values = [v for v in (run_value(r, f"test/{metric}", epoch) for r in records if r["_file"] in files)
+                  if v is not None]
+        cells.append(aggregate(values, E2E_SCALE[metric]) if values else "—")
+    return cells
+
+
+def table3(records: list[dict[str, Any]]) -> Document:
+    """E2E on GPT-2 Medium: paper | ours per method and score (final checkpoint, Table 3's rule), and the
+    CPU stand-in runs (SmolLM2-135M, ``e2e_smollm2``) beside it, which are not the paper's setting."""
+    rule = rule_for("3")
+    rows, provenance = [], []
+    for method, (params, *paper) in TABLE3.items():
+        cell = select_cell(records, rule, "e2e_gpt2m", method) if method in rule.methods else None
+        ours = e2e_scores(records, cell.files, rule.epoch) if cell else ["—"] * len(E2E_METRICS)
+        count = _params(records, cell.files) if cell else ("not run (sourced from Zi et al. 2023)"
+                                                            if method not in rule.methods else "—")
+        rows.append([method, f"{params} / {count}", *(f"{p} / {o}" for p, o in zip(paper, ours))])
+        if cell:
+            provenance.append(f"- `{method}`: {cell.provenance(E2E_SCALE['bleu'])}")
+    header = ["method", "#params (paper / ours)", "BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
+    notes = [f"Selection rule (Table 3): {rule.description}. Model `{rule.model}`, seeds {list(rule.seeds)}. A cell "
+             "reads paper / ours = mean ± std (n) over the selected runs; BLEU, METEOR and ROUGE-L × 100, NIST and "
+             "CIDEr raw (experiments/metrics/e2e.py = e2e-metrics measure_scores.py -p)."]
+    notes += provenance or ["No GPT-2 Medium E2E records yet: the runs need microsoft/LoRA's train.txt "
+                            "(`python run.py +experiment=e2e_gpt2m method=<m> task.train_file=...`)."]
+    cpu_rows = []
+    for method in rule.methods:
+        runs = [r for r in records if r["run_info"]["experiment"] == "e2e_smollm2" and r["run_info"]["method"] == method]
+        if runs:
+            files = sorted(r["_file"] for r in runs)
+            info = runs[0]["train_info"]
+            wall = statistics.median(r["run_info"].get("wall_seconds") or 0 for r in runs)
+            cpu_rows.append([method, _params(runs, files), *e2e_scores(runs, files, "final"),
+                             f"{statistics.median(r['train_info']['ms_per_step'] for r in runs):.0f}",
+                             f"{wall / 60:.1f}", f"{info['metrics'][-1].get('test/num_mrs', 0):.0f}", ", ".join(files)])
+    sections = [Section(header=header, rows=rows, notes=notes)]
+    if cpu_rows:
+        sections.append(Section(
+            heading="CPU stand-in, not the paper's setting: SmolLM2-135M (e2e_smollm2: 200 steps on valid.txt, "
+                    "40 test MRs decoded)", header=["method", "#params", "BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr",
+                                                   "ms/step", "wall min", "MRs", "records"], rows=cpu_rows))
+    return Document("Table 3: E2E NLG, GPT-2 Medium (paper / ours)", sections)
+
+
 def fed_by_a_rule(record: dict[str, Any]) -> bool:
     return any(feeds(record, rule, e, record["run_info"]["method"]) for rule in RULES.values() for e in rule.experiments)
 
 
 def other_runs(records: list[dict[str, Any]]) -> Document:
-    """Records no paper table's rule uses (other models such as the MiniLM demo, non-LR sweep tags)."""
+    """Records no paper table's rule uses (other models such as the MiniLM demo, non-LR sweep tags); the
+    E2E CPU runs have their own section in Table 3."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in records:
-        if not fed_by_a_rule(r):
+        if not fed_by_a_rule(r) and r["run_info"]["experiment"] not in CPU_STAND_INS:
             groups[(r["run_info"]["experiment"], record_model(r), r["run_info"]["method"] + record_tag(r))].append(r)
     rows = []
     for (experiment, model, method), runs in sorted(groups.items()):
@@ -108,6 +163,9 @@ def other_runs(records: list[dict[str, Any]]) -> Document:
     return Document("Other runs (demo and small models; not paper numbers)", [Section(
         header=["experiment", "model", "method", "trainable params", "best metric", "max ‖UᵀU−I‖_F", "ms/step",
                 "adapter bytes", "records"], rows=rows)])
+
+
+CPU_STAND_INS = ("e2e_smollm2",)  # rendered beside their paper table
 
 
 def table1() -> Document:
@@ -176,6 +234,7 @@ def main() -> None:
     documents = {
         "table1_memory": table1(),
         "table2_glue": table2(records),
+        "table3_e2e": table3(records),
         "counts": counts_table(),
         "other_runs": other_runs(records),
         "fig6_mappings": mapping_bench_table(args.results / "bench" / "mappings.json"),

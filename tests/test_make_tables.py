@@ -50,3 +50,36 @@ def test_tables_use_best_epoch_mean_over_seeds_and_ignore_failed_and_temporary(t
     other = (tmp_path / "tables" / "other_runs.md").read_text()
     assert "| demo_sst2_minilm | minilm | lora | 1,234 | val/acc 86.00 (n=1)" in other
     assert (tmp_path / "tables" / "table1_memory.md").read_text().count("36,864") == 1
+
+
+def _write_e2e(directory: Path, experiment: str, method: str, seed: int, lr: float, bleus: list[float],
+               model: str = "gpt2_medium") -> None:
+    record = new_record({"model": {"name": model}, "trainer": {"lr": lr}}, experiment, method, seed)
+    history = [{"val/loss": 2.0 - 0.1 * i, "step": i} for i in range(len(bleus) - 1)]
+    history.append({"val/loss": 1.5, "test/bleu": bleus[-1], "test/nist": 8.5, "test/meteor": 0.45,
+                    "test/rouge_l": 0.68, "test/cider": 2.3, "test/num_mrs": 630.0})
+    record["train_info"].update(status="completed", metrics=history, optimized_metric="val/loss",
+                                trainable_params=98304, ms_per_step=1700.0, adapter_bytes=400000, steps=100)
+    record["run_info"]["wall_seconds"] = 600.0
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{experiment}--{method}--seed{seed}--lr{lr}.json").write_text(json.dumps(record))
+
+
+def test_table3_takes_the_final_checkpoint_and_the_best_mean_bleu_lr(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for seed, bleu in ((0, 0.66), (1, 0.68)):
+        _write_e2e(raw, "e2e_gpt2m", "quantum_peft_taylor", seed, 2e-3, [0.1, bleu])
+    _write_e2e(raw, "e2e_gpt2m", "quantum_peft_taylor", 0, 1e-3, [0.1, 0.50])
+    _write_e2e(raw, "e2e_smollm2", "lora", 0, 1e-3, [0.40], model="smollm2")
+    subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    table3 = (tmp_path / "tables" / "table3_e2e.md").read_text()
+    row = next(line for line in table3.splitlines() if line.startswith("| quantum_peft_taylor"))
+    assert row.startswith("| quantum_peft_taylor | 0.098M / 98,304 | 67.46 / 67.00 ± 1.41 (n=2) | 8.58 / 8.50 ± 0.00 (n=2)")
+    assert "lr=0.002 selected over lr=0.001: 50.00 (n=1)" in table3
+    assert "| lora | 0.39M / — | 66.88 / — |" in table3 and "sourced from Zi et al. 2023" in table3
+    cpu = next(line for line in table3.splitlines() if line.startswith("| lora | 98,304"))
+    assert "| 40.00 (n=1) | 8.50 (n=1) | 45.00 (n=1) | 68.00 (n=1) | 2.30 (n=1) | 1700 | 10.0 | 630 |" in cpu
+    assert "e2e_smollm2" not in (tmp_path / "tables" / "other_runs.md").read_text()
+    tex = (tmp_path / "tables" / "table3_e2e.tex").read_text()
+    assert tex.isascii() and r"\toprule" in tex

