@@ -186,6 +186,7 @@ def main() -> None:
         parser.error(f"--data {args.data} not found: give the E2E valid.txt (MR||reference) or --seq-len")
     seq_len = args.seq_len or percentile(lengths, 0.95)
 
+    git = git_info(ROOT)  # the tree the run starts from
     torch.manual_seed(0)
     state = gpt2_medium(args.layers).requires_grad_(False).to(device).state_dict()
     runners, results = {}, {}
@@ -212,7 +213,6 @@ def main() -> None:
 
     report = table(results)
     print(report)
-    git = git_info(ROOT)
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "git": git, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
@@ -77,8 +77,9 @@ def test_split_on_meta_device_gpt2_medium_targets_48() -> None:
     assert len(hits) == 48 and all(p.is_meta for p in model.parameters())
 
 
-@pytest.mark.parametrize("config", [LoraConfig(r=2, lora_alpha=4), LoHaConfig(r=2, alpha=4), LoKrConfig(r=4, alpha=4)],
-                         ids=["lora", "loha", "lokr"])
+@pytest.mark.parametrize("config", [LoraConfig(r=2, lora_alpha=4), LoHaConfig(r=2, alpha=4), LoKrConfig(r=4, alpha=4),
+                                    AdaLoraConfig(init_r=3, target_r=2, lora_alpha=4, total_step=10)],
+                         ids=["lora", "loha", "lokr", "adalora"])
 def test_peft_on_split_slices_trains_saves_reloads(config: object, tmp_path: Path) -> None:
     torch.manual_seed(0)
     base = tiny_gpt2()
@@ -87,7 +88,11 @@ def test_peft_on_split_slices_trains_saves_reloads(config: object, tmp_path: Pat
     config.target_modules = split_fused(base, FUSED, 3)
     model = get_peft_model(base, config)
     torch.testing.assert_close(_logits(model), reference, rtol=0, atol=1e-5)  # ΔW = 0 at init
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # a visible update (AdaLoRA's E and LoRA's B start at 0)
+        for param in trainable:
+            param.add_(0.1 * torch.randn_like(param))
+    opt = torch.optim.SGD(trainable, lr=0.5)
     model.train()
     for _ in range(2):
         model(input_ids=IDS, labels=IDS).loss.backward()
