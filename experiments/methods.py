@@ -206,6 +206,25 @@ def _targets(model_cfg: DictConfig) -> Any:
         if OmegaConf.is_config(model_cfg.target_modules) else model_cfg.target_modules
 
 
+def _peft_targets(model: nn.Module, model_cfg: DictConfig) -> Any:
+    """peft targets from the model config. With ``fused_modules`` (GPT-2 ``c_attn``), those modules are first split
+    into one ``nn.Linear`` per output slice (:func:`experiments.fused.split_fused`, outputs unchanged) and the chosen
+    slices replace them in the list, e.g. ``[c_attn] -> [c_attn.q, c_attn.v]``. The split happens for every peft
+    method on such a model (an explicit ``method.target_modules`` names split children, e.g. ``c_attn.k``), so a
+    saved adapter always loads into ``split_fused(fresh model)``; ``model.fused_modules={}`` keeps ``c_attn`` whole."""
+    targets = _targets(model_cfg)
+    fused = OmegaConf.to_container(model_cfg.fused_modules, resolve=True)
+    if not fused:
+        return targets
+    if isinstance(targets, str):
+        raise ValueError("model.target_modules must be a list of suffixes when model.fused_modules is set "
+                         f"(got the regex {targets!r}); or set method.target_modules")
+    from experiments.fused import split_fused
+
+    slices = split_fused(model, fused, model_cfg.fused_num_parts)
+    return [t for t in targets if t not in fused] + slices
+
+
 def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
     """The ``QPeftConfig`` of a ``kind: quantum_peft`` method (validated on construction; no model needed)."""
     from qpeft import QPeftConfig
@@ -241,11 +260,16 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
         config_class = get_class(kwargs.pop("_target_"))
         for key in ("name", "kind", "protocol"):
             kwargs.pop(key)
-        kwargs["target_modules"] = kwargs["target_modules"] or _targets(model_cfg)
+        targets = _peft_targets(model, model_cfg)  # splits fused modules whatever the method targets
+        kwargs["target_modules"] = kwargs["target_modules"] or targets
         if "reference_total_step" in kwargs:
             _adalora_schedule(kwargs, total_steps)
         peft_cfg = config_class(task_type=TaskType[task_type], modules_to_save=heads or None, **kwargs)
-        return PeftMethod(get_peft_model(model, peft_cfg), method_cfg)
+        peft_model = get_peft_model(model, peft_cfg)
+        for name, param in peft_model.named_parameters():
+            if ".ranknum." in name:  # AdaLoRA's constant r: peft re-wraps it as trainable when it moves devices
+                param.requires_grad_(False)
+        return PeftMethod(peft_model, method_cfg)
     if kind == "bitfit":
         _freeze_except(model, lambda n: n.endswith("bias") or _is_head(n, heads))
     elif kind == "head_only":
