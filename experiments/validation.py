@@ -58,7 +58,7 @@ def one_of(*values: Any) -> Rule:
 def _rules() -> dict[str, Rule]:
     from experiments.loop import PRECISIONS, SCHEDULES
     from experiments.methods import METHOD_KINDS
-    from experiments.models import SOURCES
+    from experiments.models import SOURCES, TOKENIZERS
     from experiments.records import RECORD_TO
 
     positive = "a finite number > 0"
@@ -71,6 +71,7 @@ def _rules() -> dict[str, Rule]:
         "task.max_train_samples": integer(1, optional=True),
         "task.max_eval_samples": integer(1, optional=True),
         "model.source": one_of(*SOURCES),
+        "model.tokenizer": one_of(*TOKENIZERS),
         "method.kind": one_of(*METHOD_KINDS),
         "trainer.epochs": integer(1),
         "trainer.max_steps": integer(1, optional=True),

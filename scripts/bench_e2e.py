@@ -42,14 +42,15 @@ sys.path.insert(0, str(ROOT))
 import experiments.schemas  # noqa: E402,F401  (registers the config schemas)
 from experiments.methods import Method, build_method  # noqa: E402
 from experiments.model_assets import gpt2_tokenizer_dir  # noqa: E402
+from experiments.paper_values import TABLE4  # noqa: E402
 from experiments.records import dir_bytes, git_info  # noqa: E402
 from experiments.tasks import build_task  # noqa: E402
 from experiments.tasks.e2e import read_lora_pairs  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 
 METHODS = ("lora", "adalora", "loha", "lokr", "quantum_peft_taylor")
-PAPER_MS = {"lora": 1719.06, "adalora": 1795.91, "loha": 1874.04, "lokr": 1790.24, "quantum_peft_taylor": 1723.39}
-PAPER_MEMORY_RATIO = {"lora": 4.03, "adalora": 4.03, "loha": 4.03, "lokr": 1.0, "quantum_peft_taylor": 1.0}
+PAPER_MS = {method: ms for method, (ms, _) in TABLE4.items()}
+PAPER_MEMORY_RATIO = {method: ratio for method, (_, ratio) in TABLE4.items()}
 REFERENCE = "quantum_peft_taylor"  # the memory ratio's denominator
 FULL_RUN_STEPS = 26_290  # ceil(42,061 / 8) x 5 epochs (AdaLoRA's schedule is written for it)
 

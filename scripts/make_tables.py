@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
-                                      TABLE3, TABLE8_PARAMS)
+                                      TABLE3, TABLE4, TABLE8_PARAMS)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
 from experiments.table_format import Document, Section  # noqa: E402
@@ -138,6 +138,39 @@ def table3(records: list[dict[str, Any]]) -> Document:
     return Document("Table 3: E2E NLG, GPT-2 Medium (paper / ours)", sections)
 
 
+def table4(bench_dir: Path) -> Document | None:
+    """GPT-2 Medium training cost: ``scripts/bench_e2e.py`` results (one section per device file) beside the
+    paper's ms/batch (4 A100s) and memory ratios; the ratios to LoRA are what compares across hardware."""
+    sections = []
+    for path in sorted(bench_dir.glob("e2e_gpt2m_*.json")):
+        bench = json.loads(path.read_text())
+        rows = []
+        for method, (paper_ms, paper_ratio) in TABLE4.items():
+            ours = bench["methods"].get(method)
+            if ours is None:
+                rows.append([method, f"{paper_ms:.2f} / —", f"{paper_ms / TABLE4['lora'][0]:.3f} / —",
+                             f"{paper_ratio:g} / —", "—"])
+                continue
+            peak = ours.get("peak_step_bytes")
+            rows.append([method, f"{paper_ms:.2f} / {ours['ms']:.0f}",
+                         f"{paper_ms / TABLE4['lora'][0]:.3f} / {ours['ratio_to_lora']:.3f}",
+                         f"{paper_ratio:g} / {ours['memory_ratio_params']:.2f} ({ours['memory_ratio_file']:.2f} files)",
+                         f"{peak / 2**20:.0f}" if peak is not None else "not measurable"])
+        git = bench["git"]
+        sections.append(Section(
+            heading=f"{path.name}: {bench['device']} ({bench.get('gpu') or bench.get('cpu')}), torch {bench['torch']}, "
+                    f"{bench['layers']} layers, batch {bench['batch']} x {bench['seq_len']} tokens",
+            header=["method", "ms/batch (paper / ours)", "× LoRA (paper / ours)", "memory ratio (paper / ours)",
+                    "step peak MiB"], rows=rows,
+            notes=[f"`{bench['command']}` at {git['sha'][:10]}{' (dirty tree)' if git.get('dirty') else ''}; "
+                   f"{bench['warmup']} warm-up + {bench['repeats']} timed round-robin rounds, median. Memory ratio: "
+                   "adapter parameters (and saved adapter files) over Quantum-PEFT's. "
+                   + (bench.get("peak_memory_note") or "")]))
+    if not sections:
+        return None
+    return Document("Table 4: GPT-2 Medium training cost (paper: 4 A100s; ours: scripts/bench_e2e.py)", sections)
+
+
 def fed_by_a_rule(record: dict[str, Any]) -> bool:
     return any(feeds(record, rule, e, record["run_info"]["method"]) for rule in RULES.values() for e in rule.experiments)
 
@@ -235,6 +268,7 @@ def main() -> None:
         "table1_memory": table1(),
         "table2_glue": table2(records),
         "table3_e2e": table3(records),
+        "table4_e2e_cost": table4(args.results / "bench"),
         "counts": counts_table(),
         "other_runs": other_runs(records),
         "fig6_mappings": mapping_bench_table(args.results / "bench" / "mappings.json"),

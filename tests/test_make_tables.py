@@ -83,3 +83,22 @@ def test_table3_takes_the_final_checkpoint_and_the_best_mean_bleu_lr(tmp_path: P
     assert "e2e_smollm2" not in (tmp_path / "tables" / "other_runs.md").read_text()
     tex = (tmp_path / "tables" / "table3_e2e.tex").read_text()
     assert tex.isascii() and r"\toprule" in tex
+
+
+def test_table4_renders_every_bench_file_beside_the_paper(tmp_path: Path) -> None:
+    bench = tmp_path / "bench"
+    bench.mkdir(parents=True)
+    methods = {"lora": {"ms": 2000.0, "ratio_to_lora": 1.0, "memory_ratio_params": 4.0, "memory_ratio_file": 3.9,
+                        "peak_step_bytes": 3 * 2**30},
+               "quantum_peft_taylor": {"ms": 2100.0, "ratio_to_lora": 1.05, "memory_ratio_params": 1.0,
+                                       "memory_ratio_file": 1.0, "peak_step_bytes": None}}
+    (bench / "e2e_gpt2m_cuda.json").write_text(json.dumps({
+        "command": "python scripts/bench_e2e.py --device cuda", "git": {"sha": "abcdef1234567", "dirty": False},
+        "torch": "2.13.0", "device": "cuda", "gpu": "A100", "layers": 24, "batch": 8, "seq_len": 80, "warmup": 3,
+        "repeats": 20, "methods": methods}))
+    subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    table4 = (tmp_path / "tables" / "table4_e2e_cost.md").read_text()
+    assert "| lora | 1719.06 / 2000 | 1.000 / 1.000 | 4.03 / 4.00 (3.90 files) | 3072 |" in table4
+    assert "| quantum_peft_taylor | 1723.39 / 2100 | 1.003 / 1.050 | 1 / 1.00 (1.00 files) | not measurable |" in table4
+    assert "| adalora | 1795.91 / — |" in table4 and "abcdef1234" in table4

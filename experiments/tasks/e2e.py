@@ -249,15 +249,16 @@ class E2ETask(Task):
         """Token-averaged cross entropy of the completions (no smoothing) and its perplexity."""
         was_training = model.training
         model.eval()
-        total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        sums = []  # per example: (summed token loss, tokens)
         for batch in loader:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             target = F.pad(batch["labels"], (0, 1), value=IGNORE)[..., 1:]
-            loss = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=IGNORE, reduction="sum")
-            pair = torch.stack([loss.double(), (target != IGNORE).sum().double()]).to(logits.device)
-            if accelerator is not None:
-                pair = accelerator.reduce(pair, reduction="sum")
-            total, count = total + pair[0].cpu(), count + pair[1].cpu()
+            loss = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+            pair = torch.stack([loss.sum(-1).double(), (target != IGNORE).sum(-1).double()], dim=-1)
+            if accelerator is not None:  # drops the samples an uneven last batch repeats across processes
+                pair = accelerator.gather_for_metrics(pair)
+            sums.append(pair.cpu())
+        total, count = torch.cat(sums).sum(0)
         model.train(was_training)
         mean = float(total / count.clamp(min=1))
         return {f"{split}/loss": mean, f"{split}/ppl": math.exp(min(mean, 50.0))}

@@ -203,3 +203,52 @@ def test_smollm2_real_weights_load_from_the_package_and_are_cached() -> None:
     assert math.exp(loss) < 60  # a random 49k-vocabulary model: ~50,000
     task.build_datasets(tok)
     assert task.encode("name : A", "A .")["input_ids"][-1] == tok.eos_token_id
+
+
+def test_validation_loss_is_the_token_mean_cross_entropy(tiny_gpt2) -> None:
+    task, model, _ = tiny_gpt2
+    examples = [task.encode("name : The Eagle", "It is good ."), task.encode("name : A | food : Thai", "A .")]
+    batch = task.collate(examples)
+    metrics = task.evaluate(model, [task.collate(examples[:1]), task.collate(examples[1:])], None)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    target = F.pad(batch["labels"], (0, 1), value=IGNORE)[:, 1:]
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+    assert metrics["val/loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["val/ppl"] == pytest.approx(math.exp(float(expected)), rel=1e-5)
+
+
+E2E_DDP_ARGS = ["+experiment=e2e_gpt2m", "model=tiny_gpt2", "method=quantum_peft_taylor", "logger=none",
+                "trainer.max_steps=2", "trainer.warmup_steps=0", "trainer.eval_batch_size=4", "record_to=raw",
+                f"task.data_dir={DATA}", "task.train_file=valid.txt", "task.max_train_samples=32",
+                "task.max_eval_samples=7", "task.max_test_mrs=3", "task.num_beams=2", "task.max_new_tokens=6",
+                "task.decode_batch_size=2", "task.metrics=[BLEU,NIST]", "++model.tiny_config.resid_pdrop=0.0",
+                "++model.tiny_config.embd_pdrop=0.0", "++model.tiny_config.attn_pdrop=0.0"]
+
+
+@pytest.mark.slow
+def test_run_py_one_and_two_processes_decode_and_score_alike(tmp_path) -> None:
+    """run.py alone and under 2-process DDP (gloo): same validation loss, same decoded outputs, same scores
+    (an odd number of eval samples and of test MRs, so the shards are uneven)."""
+    import subprocess
+    import sys
+
+    from tests.harness.conftest import subprocess_env
+
+    results = {}
+    for name, launcher in {
+        "one": [sys.executable, "run.py"],
+        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run.py"],
+    }.items():
+        root = tmp_path / name
+        out = subprocess.run([*launcher, *E2E_DDP_ARGS, f"paths.root_dir={root}"], cwd=ROOT, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        record = json.loads((root / "results" / "raw" / "e2e_gpt2m--quantum_peft_taylor--seed0.json").read_text())
+        folder = root / "logs" / "e2e_gpt2m" / "quantum_peft_taylor" / "seed0" / "local" / "e2e"
+        results[name] = (record["train_info"], (folder / "test_predictions.txt").read_text(encoding="utf-8"))
+    (one, one_text), (two, two_text) = results["one"], results["two"]
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    assert one["metrics"][-1]["val/loss"] == pytest.approx(two["metrics"][-1]["val/loss"], abs=1e-4)
+    assert one_text == two_text and len(one_text.splitlines()) == 3
+    assert one["metrics"][-1]["test/bleu"] == two["metrics"][-1]["test/bleu"]
