@@ -79,7 +79,7 @@ def test_table3_takes_the_final_checkpoint_and_the_best_mean_bleu_lr(tmp_path: P
     assert "lr=0.002 selected over lr=0.001: 50.00 (n=1)" in table3
     assert "| lora | 0.39M / — | 66.88 / — |" in table3 and "sourced from Zi et al. 2023" in table3
     cpu = next(line for line in table3.splitlines() if line.startswith("| lora | 98,304"))
-    assert "| 40.00 (n=1) | 8.50 (n=1) | 45.00 (n=1) | 68.00 (n=1) | 2.30 (n=1) | 1700 | 10.0 | 630 |" in cpu
+    assert "| 40.00 (n=1) | 8.50 (n=1) | 45.00 (n=1) | 68.00 (n=1) | 2.30 (n=1) | 100 | 1700 | 10.0 | 630 |" in cpu
     assert "e2e_smollm2" not in (tmp_path / "tables" / "other_runs.md").read_text()
     tex = (tmp_path / "tables" / "table3_e2e.tex").read_text()
     assert tex.isascii() and r"\toprule" in tex
