@@ -230,16 +230,11 @@ def test_run_py_one_and_two_processes_decode_and_score_alike(tmp_path) -> None:
     """run.py alone and under 2-process DDP (gloo): same validation loss, same decoded outputs, same scores
     (an odd number of eval samples and of test MRs, so the shards are uneven)."""
     import subprocess
-    import sys
 
-    from tests.harness.conftest import subprocess_env
+    from tests.harness.conftest import RUN_PY_LAUNCHERS, subprocess_env
 
     results = {}
-    for name, launcher in {
-        "one": [sys.executable, "run.py"],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run.py"],
-    }.items():
+    for name, launcher in RUN_PY_LAUNCHERS.items():
         root = tmp_path / name
         out = subprocess.run([*launcher, *E2E_DDP_ARGS, f"paths.root_dir={root}"], cwd=ROOT, env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)

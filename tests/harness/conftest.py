@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +68,14 @@ def make_cfg() -> Callable[..., DictConfig]:
             return compose("config", overrides=overrides, return_hydra_config=hydra)
 
     return _make
+
+
+# run.py in one process, and under 2-process DDP on CPU (accelerate launch --multi_gpu = gloo)
+RUN_PY_LAUNCHERS = {
+    "one": [sys.executable, "run.py"],
+    "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run.py"],
+}
 
 
 def subprocess_env() -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiments.checkpoint import checkpoints
-from tests.harness.conftest import ROOT, fast_overrides, subprocess_env
+from tests.harness.conftest import ROOT, RUN_PY_LAUNCHERS, fast_overrides, subprocess_env
 
 
 def _run(cmd: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -42,11 +42,7 @@ DDP_ARGS = ["+experiment=glue_sst2", "model=tiny_deberta", "logger=none", "train
 def test_ddp_two_processes_match_one(glue_dir, tmp_path, method: str) -> None:
     """accelerate launch --multi_gpu --num_processes 2 on CPU = gloo DDP; same global batch, same metrics."""
     results = {}
-    for name, launcher in {
-        "one": [sys.executable, "run.py"],
-        "two": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run.py"],
-    }.items():
+    for name, launcher in RUN_PY_LAUNCHERS.items():
         root = tmp_path / name
         _run([*launcher, *DDP_ARGS, f"method={method}", f"paths.root_dir={root}", f"task.data_dir={glue_dir}"],
              timeout=300)
