@@ -19,7 +19,8 @@ the same state-dict keys (SmolLM2's Llama weights as ``mistral``: the config fie
 attention kept with ``sliding_window: null``); ``load_in_4bit`` quantizes every ``nn.Linear`` of the base
 to bitsandbytes 4-bit (``bnb_4bit_quant_type``, double quantization, ``bnb_4bit_compute_dtype``) except the
 task head, and ``kbit_prepare`` then applies :func:`experiments.kbit.prepare_kbit` (frozen base, the
-non-quantized parameters in fp32, so heads and norms train and run in fp32).
+non-quantized parameters in fp32, so heads and norms train and run in fp32); bitsandbytes' CPU eval-time
+repacking, which changes the dequantized weights, is turned off (:func:`experiments.kbit.keep_4bit_layout`).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ _BUILDERS = {"hub": build_hub, "tiny": build_tiny, "package": build_package}
 
 def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
     """Build ``(model, tokenizer)`` with the task's head (``task.head``, ``task.model_head``)."""
-    from experiments.kbit import prepare_kbit
+    from experiments.kbit import keep_4bit_layout, prepare_kbit
 
     source = model_cfg.get("source")
     if source not in _BUILDERS:
@@ -231,6 +232,8 @@ def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]
     if load_as is not None and load_as not in MODEL_TYPES:
         raise ValueError(f"model.load_as={load_as!r} is invalid; valid: null, {sorted(MODEL_TYPES)}")
     model, tokenizer = _BUILDERS[source](model_cfg, task)
-    if model_cfg.get("load_in_4bit") and model_cfg.get("kbit_prepare"):
-        prepare_kbit(model)
+    if model_cfg.get("load_in_4bit"):
+        keep_4bit_layout(model)  # the same base weights in train and eval mode (experiments.kbit)
+        if model_cfg.get("kbit_prepare"):
+            prepare_kbit(model)
     return model, tokenizer
