@@ -40,7 +40,7 @@ def keep_4bit_layout(model: nn.Module) -> int:
 def enable_gradient_checkpointing(model: nn.Module, mode: str) -> None:
     """Turn on ``mode`` checkpointing (a key of :data:`GRADIENT_CHECKPOINTING`) on a (wrapped) HF model."""
     if mode not in GRADIENT_CHECKPOINTING:
-        raise ValueError(f"trainer.gradient_checkpointing={mode!r} is invalid; allowed: {list(GRADIENT_CHECKPOINTING)}")
+        raise ValueError(f"trainer.gradient_checkpointing={mode!r} is invalid; allowed: {', '.join(GRADIENT_CHECKPOINTING)}")
     reentrant = GRADIENT_CHECKPOINTING[mode]
     if reentrant is None:
         return
