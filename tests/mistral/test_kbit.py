@@ -14,7 +14,7 @@ from experiments.kbit import enable_gradient_checkpointing
 from experiments.methods import build_method
 from experiments.models import build_model
 from experiments.tasks import build_task
-from qpeft import get_qpeft_model
+from qpeft.layers import MERGE_4BIT_WARNING
 from tests.harness.conftest import CONF
 from tests.tiny_models import randomize_adapters
 
@@ -102,7 +102,7 @@ def test_merging_into_the_4bit_base_warns_and_is_approximate(glue_dir) -> None:
             warnings.simplefilter("always")
             merged_model = wrapped.merge_and_unload()
         merged = merged_model(**batch).logits
-    messages = {str(w.message) for w in caught if "4-bit" in str(w.message)}
-    assert messages == {"merging into a 4-bit base re-quantizes W: outputs change by rounding"}
+    messages = [str(w.message) for w in caught if "4-bit" in str(w.message)]
+    assert messages == [MERGE_4BIT_WARNING.format(n=8)]  # once for the model's 8 NF4 layers, naming the count
     error = (merged - adapted).norm() / (adapted - plain).norm()
-    assert 0 < error < 0.5, f"merge error {error:.3g} of the adapter's effect"
+    assert 0 < error < 0.2, f"merge error {error:.3g} of the adapter's effect"  # measured: 0.058
