@@ -31,7 +31,8 @@ def prepare_kbit(model: nn.Module) -> nn.Module:
 
 def keep_4bit_layout(model: nn.Module) -> int:
     """Disable bitsandbytes' CPU inference repacking on every ``Linear4bit``; returns how many layers."""
-    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "support_avx512bf16_for_cpu")]
+    layers = [m for m in model.modules()
+              if type(m).__name__ == "Linear4bit" and hasattr(m, "support_avx512bf16_for_cpu")]
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
     return len(layers)
@@ -40,7 +41,8 @@ def keep_4bit_layout(model: nn.Module) -> int:
 def enable_gradient_checkpointing(model: nn.Module, mode: str) -> None:
     """Turn on ``mode`` checkpointing (a key of :data:`GRADIENT_CHECKPOINTING`) on a (wrapped) HF model."""
     if mode not in GRADIENT_CHECKPOINTING:
-        raise ValueError(f"trainer.gradient_checkpointing={mode!r} is invalid; allowed: {', '.join(GRADIENT_CHECKPOINTING)}")
+        allowed = ", ".join(GRADIENT_CHECKPOINTING)
+        raise ValueError(f"trainer.gradient_checkpointing={mode!r} is invalid; allowed: {allowed}")
     reentrant = GRADIENT_CHECKPOINTING[mode]
     if reentrant is None:
         return

@@ -90,7 +90,8 @@ def _checkpoint_config(path: str, cfg: DictConfig, task: Any) -> Any:
     load_as = cfg.get("load_as")
     if load_as is None or config.model_type == MODEL_TYPES[load_as]:
         return config
-    fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+    skip = ("model_type", "architectures", "transformers_version")
+    fields = {k: v for k, v in config.to_dict().items() if k not in skip}
     fields.setdefault("sliding_window", None)  # a source without one attends to the full context
     return AutoConfig.for_model(MODEL_TYPES[load_as], **fields)
 

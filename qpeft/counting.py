@@ -146,10 +146,11 @@ UNREPRODUCED = (
     PrintedCount("Table 5", "Quantum-PEFT, Mistral-7B, K=3, q, k, v, gate", "0.758M", 757_500, 758_500),
 )
 # Table 5 candidates the library builds: (name, the method config it is, mapping, options); K = 3 everywhere.
+_PAULI_L1 = {"block": "pauli", "block_options": {"layers": 1}}
 TABLE5_BUILT = (
-    ("qsd_single_angle", "quantum_peft", "qsd", {"block": "pauli", "block_options": {"layers": 1}, "angles": "single_angle"}),
-    ("qsd_per_pair", "quantum_peft_qsd", "qsd", {"block": "pauli", "block_options": {"layers": 1}, "angles": "per_pair"}),
-    ("pad", "quantum_peft_pad", "pad", {"block": "pauli", "block_options": {"layers": 1}}),
+    ("qsd_single_angle", "quantum_peft", "qsd", {**_PAULI_L1, "angles": "single_angle"}),
+    ("qsd_per_pair", "quantum_peft_qsd", "qsd", {**_PAULI_L1, "angles": "per_pair"}),
+    ("pad", "quantum_peft_pad", "pad", _PAULI_L1),
     ("taylor_k1", "quantum_peft_taylor", "taylor", {"order": 18, "intrinsic_rank": 1}),
     ("exp_k1", "quantum_peft_exp", "exp", {"intrinsic_rank": 1}),
 )
@@ -172,7 +173,8 @@ def table5_candidates(rank: int = 3) -> list[dict]:
     printed = UNREPRODUCED[2]
     rows = []
     for construction, method, mapping, options in TABLE5_BUILT:
-        config = QPeftConfig(target_modules=list(MISTRAL_7B_TARGETS), rank=rank, mapping=mapping, mapping_options=options)
+        config = QPeftConfig(target_modules=list(MISTRAL_7B_TARGETS), rank=rank, mapping=mapping,
+                             mapping_options=dict(options))
         total = sum(module_count(o, i, config) for o, i in mistral_7b_shapes())
         rows.append({"table": "Table 5", "printed": printed.printed, "construction": construction, "method": method,
                      "K": rank, "total": total, "in_range": printed.lo <= total < printed.hi})
