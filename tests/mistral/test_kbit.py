@@ -25,8 +25,8 @@ def _cfg(glue_dir, *extra: str):
                                             f"task.data_dir={glue_dir}", *extra])
 
 
-def _model(glue_dir):
-    cfg = _cfg(glue_dir)
+def _model(glue_dir, method: str = "quantum_peft"):
+    cfg = _cfg(glue_dir, f"method={method}")
     task = build_task(cfg.task)
     torch.manual_seed(0)
     model, tokenizer = build_model(cfg.model, task)
@@ -63,8 +63,8 @@ def test_gradient_checkpointing_mode_is_validated(make_cfg, glue_dir) -> None:
         enable_gradient_checkpointing(torch.nn.Linear(2, 2), "on")
 
 
-def _grads(glue_dir, mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    cfg, _, model, tokenizer = _model(glue_dir)
+def _grads(glue_dir, mode: str, method: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    cfg, _, model, tokenizer = _model(glue_dir, method)
     method = build_method(cfg.method, model, cfg.model, total_steps=10)
     randomize_adapters(method.model)
     enable_gradient_checkpointing(method.model, mode)
@@ -75,13 +75,15 @@ def _grads(glue_dir, mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return loss.detach(), {n: p.grad for n, p in method.model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("method", ["quantum_peft", "lora"])
 @pytest.mark.parametrize("mode", ["reentrant", "non_reentrant"])
-def test_checkpointed_4bit_gradients_equal_plain_ones(mode: str, glue_dir) -> None:
-    """Quantum-PEFT (QSD/Pauli, batched factors) on the NF4 base: same loss and adapter/head gradients."""
-    loss, grads = _grads(glue_dir, mode)
-    ref_loss, ref_grads = _grads(glue_dir, "off")
+def test_checkpointed_4bit_gradients_equal_plain_ones(mode: str, method: str, glue_dir) -> None:
+    """Quantum-PEFT (QSD/Pauli, batched factors) and LoRA on the NF4 base: same loss and adapter/head gradients."""
+    loss, grads = _grads(glue_dir, mode, method)
+    ref_loss, ref_grads = _grads(glue_dir, "off", method)
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
-    assert grads.keys() == ref_grads.keys() and any("qpeft_" in n for n in grads)
+    prefix = "qpeft_" if method == "quantum_peft" else "lora_"
+    assert grads.keys() == ref_grads.keys() and any(prefix in n for n in grads)
     for name, grad in ref_grads.items():
         assert grad is not None and grads[name] is not None, name
         torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)

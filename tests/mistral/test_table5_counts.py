@@ -87,3 +87,21 @@ def test_quantization_changes_no_trainable_count(method: str, glue_dir) -> None:
         model, _ = build_model(cfg.model, build_task(cfg.task))
         counts.append(build_method(cfg.method, model, cfg.model, total_steps=10).counts()[0])
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("n", [14336, 1024, 4096])
+def test_mistral_widths_give_orthonormal_factors(n: int) -> None:
+    """The gate's 14336 = 8192 + 4096 + 2048 goes through the QSD recursion (Eq. 4), 1024 and 4096 are Pauli
+    circuits; each K = 3 factor of ``method=quantum_peft`` has orthonormal columns and its counted parameters."""
+    from qpeft.counting import TABLE5_BUILT
+    from qpeft.unitary.base import build_mapping, count_mapping_parameters
+
+    _, _, mapping, options = TABLE5_BUILT[0]
+    factor = build_mapping(mapping, n, 3, **options)
+    with torch.no_grad():
+        for param in factor.parameters():
+            param.uniform_(0.0, 1.5)
+        u = factor()
+    assert u.shape == (n, 3)
+    torch.testing.assert_close(u.T @ u, torch.eye(3), atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in factor.parameters()) == count_mapping_parameters(mapping, n, 3, **options)
