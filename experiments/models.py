@@ -214,7 +214,9 @@ def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
     if cfg.get("load_in_4bit"):  # quantized exactly as a real checkpoint is: save, reload with the bnb config
         with tempfile.TemporaryDirectory(prefix="qpeft-tiny-") as tmp:
             model.save_pretrained(tmp)
-            return _load_pretrained(tmp, cfg, task, tokenizer)
+            model, tokenizer = _load_pretrained(tmp, cfg, task, tokenizer)
+        model.name_or_path = model.config.name_or_path = ""  # built in memory, as the float tiny model: no folder
+        return model, tokenizer
     dtype = _dtype(cfg.get("dtype"))
     return (model.to(dtype) if dtype is not None else model), tokenizer
 
