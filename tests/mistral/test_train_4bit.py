@@ -84,3 +84,12 @@ def test_tiny_4bit_mistral_resumes_exactly(method: str, make_cfg, glue_dir, tmp_
     assert resumed["steps"] == full["steps"] == 12
     assert resumed["metrics"] == full["metrics"]  # float equality of every evaluation
     assert resumed["best"] == full["best"] and resumed["final"] == full["final"]
+
+
+def test_adalora_steps_on_the_4bit_base(make_cfg, glue_dir, tmp_path) -> None:
+    """AdaLoRA (peft's SVDLinear4bit) on the NF4 base, rank allocator included, with checkpointing on."""
+    cfg = make_cfg([*BASE, "method=adalora", "trainer.lr=0.01", "trainer.epochs=1", "trainer.eval_every_steps=null",
+                    "trainer.gradient_checkpointing=non_reentrant", f"paths.root_dir={tmp_path}",
+                    f"task.data_dir={glue_dir}"])
+    info = run(cfg)
+    assert info["status"] == "completed" and info["steps"] == 6 and info["trainable_params"] > 0
