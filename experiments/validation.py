@@ -56,9 +56,10 @@ def one_of(*values: Any) -> Rule:
 
 
 def _rules() -> dict[str, Rule]:
+    from experiments.kbit import GRADIENT_CHECKPOINTING
     from experiments.loop import PRECISIONS, SCHEDULES
     from experiments.methods import METHOD_KINDS
-    from experiments.models import SOURCES, TOKENIZERS
+    from experiments.models import MODEL_TYPES, SOURCES, TOKENIZERS
     from experiments.records import RECORD_TO
 
     positive = "a finite number > 0"
@@ -72,6 +73,10 @@ def _rules() -> dict[str, Rule]:
         "task.max_eval_samples": integer(1, optional=True),
         "model.source": one_of(*SOURCES),
         "model.tokenizer": one_of(*TOKENIZERS),
+        "model.load_as": one_of(None, *MODEL_TYPES),
+        "model.bnb_4bit_quant_type": one_of("nf4", "fp4"),
+        "model.bnb_4bit_compute_dtype": one_of(None, "bfloat16", "float16", "float32"),
+        "trainer.gradient_checkpointing": one_of(*GRADIENT_CHECKPOINTING),
         "method.kind": one_of(*METHOD_KINDS),
         "trainer.epochs": integer(1),
         "trainer.max_steps": integer(1, optional=True),

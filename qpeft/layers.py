@@ -21,6 +21,10 @@ from qpeft.unitary.base import StiefelMap, build_mapping
 
 ADAPTER_PREFIX = "qpeft_"
 
+MERGE_4BIT_WARNING = ("merging into a 4-bit base re-quantizes W + ΔW of {n} layer(s): the merged model's outputs "
+                      "differ from the adapted model's by that rounding (approximate; keep the adapter unmerged "
+                      "for exact outputs)")
+
 
 def base_layer_kind(module: nn.Module) -> str | None:
     """``"linear"``, ``"conv1d"`` (GPT-2), ``"linear4bit"`` (bitsandbytes) or ``None`` if unsupported."""
@@ -339,9 +343,10 @@ class QPeftLayer(nn.Module):
         else:
             weight.data.copy_(value.to(weight.dtype))
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None, warn_4bit: bool = True) -> None:
         """``W ← W + ΔW`` for each adapter (default: the active one); with ``safe_merge`` check the result
-        is finite before writing."""
+        is finite before writing. Into a 4-bit base ``W + ΔW`` is re-quantized, so the merge is approximate:
+        warned about here unless ``warn_4bit=False`` (the model-level merge warns once for all its layers)."""
         names = [n for n in (adapter_names or [self.active_adapter]) if n is not None]
         unknown = sorted(set(names) - set(self.qpeft_adapters))
         if unknown:
@@ -350,8 +355,8 @@ class QPeftLayer(nn.Module):
             if name in self.merged_adapters:
                 warnings.warn(f"adapter {name!r} already merged; nothing to do", stacklevel=2)
                 continue
-            if self.kind == "linear4bit":
-                warnings.warn("merging into a 4-bit base re-quantizes W: outputs change by rounding", stacklevel=2)
+            if self.kind == "linear4bit" and warn_4bit:
+                warnings.warn(MERGE_4BIT_WARNING.format(n=1), stacklevel=2)
             with torch.no_grad():
                 merged = self._base_weight().float() + self.delta_weight(name).float()
                 if safe_merge and not torch.isfinite(merged).all():

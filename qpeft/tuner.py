@@ -20,7 +20,7 @@ from torch import nn
 from qpeft.batching import FactorBatcher
 from qpeft.config import QPeftConfig
 from qpeft.guard import DEFAULT_CHECK_EVERY, DEFAULT_TOLERANCE, UnitarityGuard
-from qpeft.layers import ADAPTER_PREFIX, ModulesToSave, QPeftLayer, stale_flags
+from qpeft.layers import ADAPTER_PREFIX, MERGE_4BIT_WARNING, ModulesToSave, QPeftLayer, stale_flags
 from qpeft.state import PEFT_PREFIX, remap_for_load, saved_key, set_adapter_trainable, set_requires_grad
 
 
@@ -187,10 +187,14 @@ class QPeftTuner(nn.Module):
         unknown = sorted(set(names) - set(self.peft_config))
         if unknown:
             raise ValueError(f"adapter(s) {unknown} not found; available: {sorted(self.peft_config)}")
-        for layer in self._layers:
-            present = [n for n in names if n in layer.qpeft_adapters and n not in layer.merged_adapters]
-            if present:
-                layer.merge(safe_merge=safe_merge, adapter_names=present)
+        todo = [(layer, [n for n in names if n in layer.qpeft_adapters and n not in layer.merged_adapters])
+                for layer in self._layers]
+        todo = [(layer, present) for layer, present in todo if present]
+        quantized = sum(layer.kind == "linear4bit" for layer, _ in todo)
+        if quantized:
+            warnings.warn(MERGE_4BIT_WARNING.format(n=quantized), stacklevel=2)
+        for layer, present in todo:
+            layer.merge(safe_merge=safe_merge, adapter_names=present, warn_4bit=False)
 
     def unmerge_adapter(self) -> None:
         for layer in self._layers:

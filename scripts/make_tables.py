@@ -22,11 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
-                                      TABLE3, TABLE4, TABLE8_PARAMS)
+                                      TABLE3, TABLE4, TABLE5, TABLE8_PARAMS)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
 from experiments.table_format import Document, Section  # noqa: E402
-from qpeft.counting import candidate_report, lora_count, stiefel_count  # noqa: E402
+from qpeft.counting import (candidate_report, lora_count, mistral_7b_shapes, stiefel_count,  # noqa: E402
+                            table5_candidates)
 from qpeft.io import atomic_write_text  # noqa: E402
 
 
@@ -172,6 +173,60 @@ def table4(bench_dir: Path) -> Document | None:
     return Document("Table 4: GPT-2 Medium training cost (paper: 4 A100s; ours: scripts/bench_e2e.py)", sections)
 
 
+def _glue_cpu_rows(records: list[dict[str, Any]], experiment: str, methods: tuple[str, ...]) -> list[list[str]]:
+    """One row per method of a CPU stand-in GLUE experiment: count, final dev metric, ms/step, peak memory, records."""
+    rows = []
+    for method in methods:
+        runs = [r for r in records if r["run_info"]["experiment"] == experiment and r["run_info"]["method"] == method]
+        if not runs:
+            continue
+        files = sorted(r["_file"] for r in runs)
+        metric = runs[0]["train_info"].get("optimized_metric") or "val/acc"
+        values = [v for v in (run_value(r, metric, "final") for r in runs) if v is not None]
+        peak = statistics.median(r["train_info"].get("peak_memory_bytes") or 0 for r in runs)
+        rows.append([method, _params(runs, files), f"{metric} {aggregate(values) if values else '—'}",
+                     str(statistics.median(r["train_info"]["steps"] for r in runs)),
+                     f"{statistics.median(r['train_info']['ms_per_step'] for r in runs):.0f}",
+                     f"{peak / 2**20:.0f}", ", ".join(files)])
+    return rows
+
+
+def table5(records: list[dict[str, Any]]) -> Document:
+    """GLUE on Mistral-7B with a 4-bit base: paper | ours per method and task (Table 5's rule), and the CPU
+    stand-in runs (SmolLM2-135M in NF4 loaded as Mistral, ``mistral_smollm2_sst2``), not the paper's setting."""
+    rule = rule_for("5")
+    rows, provenance = [], []
+    for method, (params, *scores) in TABLE5.items():
+        cells = {task: select_cell(records, rule, f"mistral_glue_{task}", method) for task in GLUE_TASKS}
+        files = sorted(f for cell in cells.values() if cell for f in cell.files)
+        row = [method, f"{params} / {_params(records, files) or '—'}"]
+        for task, paper in zip(GLUE_TASKS, scores):
+            cell = cells[task]
+            row.append(f"{paper:.2f} / {cell.text() if cell else '— (no run)'}")
+            if cell:
+                provenance.append(f"- `{method}` × {task.upper()}: {cell.provenance()}")
+        ours = [cells[t].mean for t in GLUE_TASKS if cells[t]]
+        avg = f"{100 * statistics.mean(ours):.2f}" if len(ours) == len(GLUE_TASKS) else \
+            f"— ({len(GLUE_TASKS) - len(ours)} task(s) not run)"
+        row.append(f"{scores[-1]:.2f} / {avg}")
+        rows.append(row)
+    notes = [f"Selection rule (Table 5): {rule.description}. Metrics: {rule.metric}; model `{rule.model}`; seeds "
+             f"{list(rule.seeds)}. A cell reads paper / ours = value (n, selected lr); '— (no run)': no completed "
+             "record of that experiment and method in results/raw. #params: paper / ours (trainable, with the "
+             "8,192-parameter `score` head; Quantum-PEFT's 0.758M is [U], qpeft.counting.table5_candidates).",
+             "Runs: `python run.py +experiment=mistral_glue_<task> method=<lora|adalora|quantum_peft>` (a CUDA GPU)."]
+    notes += provenance or ["No Mistral-7B records yet: these runs need a GPU and the Hub checkpoint."]
+    sections = [Section(header=["method", "#params (paper / ours)", *(t.upper() for t in GLUE_TASKS), "Avg"],
+                        rows=rows, notes=notes)]
+    cpu_rows = _glue_cpu_rows(records, "mistral_smollm2_sst2", rule.methods)
+    if cpu_rows:
+        sections.append(Section(
+            heading="CPU stand-in, not the paper's setting: SmolLM2-135M in NF4 as Mistral (mistral_smollm2_sst2: "
+                    "SST-2, a few hundred steps, full dev set at the end)",
+            header=["method", "#params", "final dev metric", "steps", "ms/step", "peak MiB", "records"], rows=cpu_rows))
+    return Document("Table 5: GLUE dev, Mistral-7B with a 4-bit base (paper / ours)", sections)
+
+
 def fed_by_a_rule(record: dict[str, Any]) -> bool:
     return any(feeds(record, rule, e, record["run_info"]["method"]) for rule in RULES.values() for e in rule.experiments)
 
@@ -199,7 +254,7 @@ def other_runs(records: list[dict[str, Any]]) -> Document:
                 "adapter bytes", "records"], rows=rows)])
 
 
-CPU_STAND_INS = ("e2e_smollm2",)  # rendered beside their paper table
+CPU_STAND_INS = ("e2e_smollm2", "mistral_smollm2_sst2")  # rendered beside their paper table
 
 
 def table1() -> Document:
@@ -226,11 +281,19 @@ def counts_table() -> Document:
         table8.append([str(kp), f"{ours:,} ({ours / 1e6:.3f}M)", f"{printed:.3f}M"])
     candidates = [[r["table"], str(r["printed"]), r["construction"], str(r["L"]), str(r["K"]), f"{r['total']:,}",
                    "yes" if r["in_range"] else ""] for r in candidate_report()]
+    table5_rows = [[r["construction"], f"`method={r['method']}`" if r["method"] else "count only", f"{r['total']:,}",
+                    "yes" if r["in_range"] else ""] for r in table5_candidates()]
     return Document("Parameter counts (closed form, qpeft.counting; equal to injected models, tests/test_paper_counts.py)", [
         Section(heading="Table 8: ViT-B/16, Taylor, K=16, Q and V × 12 layers", header=["K'", "ours", "printed"],
                 rows=table8),
         Section(heading="Candidates for the unreproduced Pauli counts (method.md §11.2; count-only formulas)",
                 header=["table", "printed", "construction", "L", "K", "total", "in range"], rows=candidates),
+        Section(heading="Table 5: Quantum-PEFT on Mistral-7B q, k, v, gate, K = 3 (printed 0.758M [U], method.md §11.4)",
+                header=["construction", "built by", "total", "in range of 0.758M"], rows=table5_rows,
+                notes=["The Table 5 row runs `method=quantum_peft` (QSD with Pauli blocks, L = 1, single angle); "
+                       "LoRA r = 3 on the same matrices: "
+                       f"{lora_count(mistral_7b_shapes(), 3):,}. Built totals equal injection into the meta "
+                       "Mistral-7B (tests/mistral/test_table5_counts.py)."]),
     ])
 
 
@@ -270,6 +333,7 @@ def main() -> None:
         "table2_glue": table2(records),
         "table3_e2e": table3(records),
         "table4_e2e_cost": table4(args.results / "bench"),
+        "table5_mistral_glue": table5(records),
         "counts": counts_table(),
         "other_runs": other_runs(records),
         "fig6_mappings": mapping_bench_table(args.results / "bench" / "mappings.json"),
