@@ -165,7 +165,7 @@ class E2ETask(Task):
         path = self.split_path(key)
         hint = ("the training split does not ship (42,061 lines): download microsoft/LoRA's "
                 "examples/NLG/data/e2e/train.txt and pass task.train_file=/path/to/train.txt"
-                if key == "train_file" else "data/e2e/SOURCE.md lists what ships")
+                if key == "train_file" and path.name == "train.txt" else "data/e2e/SOURCE.md lists what ships")
         return f"E2E {key} not found at {path}: {hint}; or, online, task.source=hub ({HUB_DATASET})."
 
     def _read_local(self, key: str) -> list[Pair]:
