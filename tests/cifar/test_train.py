@@ -1,0 +1,50 @@
+"""A tiny ViT with a 3-bit base trains and evaluates on the synthetic CIFAR-10 through ``experiments.run``
+(``+experiment=cifar10_vit model=tiny_vit``), for LoRA and Quantum-PEFT; the base stays on its 3-bit grid and
+frozen, the head is the 10 selected rows; ``method=original`` evaluates the untouched model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiments import run
+from experiments.loop import Trainer
+from qpeft.quantize import quantize_groups
+
+BASE = ["+experiment=cifar10_vit", "model=tiny_vit", "logger=none", "trainer.batch_size=20", "trainer.epochs=2",
+        "trainer.eval_batch_size=40", "record_to=none"]
+
+
+def _cfg(make_cfg, method: str, cifar_dir, tmp_path, *extra: str):
+    return make_cfg([*BASE, f"method={method}", f"task.data_dir={cifar_dir}", f"paths.root_dir={tmp_path}", *extra])
+
+
+@pytest.mark.parametrize("method", ["lora", "quantum_peft", "quantum_peft_taylor"])
+def test_tiny_vit_3bit_trains_and_evaluates(method: str, make_cfg, cifar_dir, tmp_path) -> None:
+    info = run(_cfg(make_cfg, method, cifar_dir, tmp_path))
+    assert info["status"] == "completed" and info["steps"] == 10
+    assert 0 < info["trainable_params"] < 5000 and 0.0 <= info["best"] <= 1.0
+    assert all(torch.isfinite(torch.tensor(m["val/loss"])) for m in info["metrics"])
+
+
+def test_base_is_3bit_frozen_and_the_head_has_10_rows(make_cfg, cifar_dir, tmp_path) -> None:
+    trainer = Trainer(_cfg(make_cfg, "lora", cifar_dir, tmp_path))
+    trainer.start()
+    try:
+        trainer.setup()
+        model = trainer.method.model
+        rows = trainer.task.head_rows
+        assert len(set(rows)) == 10
+        base = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
+        assert base and not any(p.requires_grad for _, p in base)
+        for name, p in base:  # on the 3-bit grid: rounding again changes nothing
+            torch.testing.assert_close(quantize_groups(p.detach(), 3, 128), p.detach(), atol=1e-6, rtol=0, msg=name)
+        head = next(p for n, p in base if n.endswith("classifier.weight"))
+        assert head.shape[0] == 10
+    finally:
+        trainer.cleanup()
+
+
+def test_original_row_evaluates_the_untouched_model(make_cfg, cifar_dir, tmp_path) -> None:
+    info = run(_cfg(make_cfg, "original", cifar_dir, tmp_path))
+    assert info["status"] == "completed" and info["steps"] == 1 and len(info["metrics"]) == 1
