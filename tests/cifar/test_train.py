@@ -19,7 +19,7 @@ def _cfg(make_cfg, method: str, cifar_dir, tmp_path, *extra: str):
     return make_cfg([*BASE, f"method={method}", f"task.data_dir={cifar_dir}", f"paths.root_dir={tmp_path}", *extra])
 
 
-@pytest.mark.parametrize("method", ["lora", "quantum_peft", "quantum_peft_taylor"])
+@pytest.mark.parametrize("method", ["lora", "quantum_peft_pad", "quantum_peft_taylor"])
 def test_tiny_vit_3bit_trains_and_evaluates(method: str, make_cfg, cifar_dir, tmp_path) -> None:
     info = run(_cfg(make_cfg, method, cifar_dir, tmp_path))
     assert info["status"] == "completed" and info["steps"] == 10
