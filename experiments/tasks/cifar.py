@@ -243,7 +243,11 @@ class CifarTask(Task):
         n = min(self.cfg.head_selection_samples, len(y))
         images = CifarImages(x[:n], y[:n], self.cfg.image_size, False)
         loader = DataLoader(images, batch_size=64, collate_fn=self.collate)
+        home = next(model.parameters()).device
+        if torch.cuda.is_available():  # score on this process's GPU (ViT-B/16: 2,000 images), then back
+            model.to(torch.device("cuda", torch.cuda.current_device()))
         rows = select_head_rows(model, loader, self.cfg.num_labels)
+        model.to(home)
         shrink_classifier(model, rows)
         self.head_rows = rows
         log.info("CIFAR-10 head: ImageNet rows %s for %s", rows, self.label_names)
@@ -311,3 +315,11 @@ def shrink_classifier(model: nn.Module, rows: list[int]) -> None:
     model.classifier = new
     model.num_labels = model.config.num_labels = len(rows)
     model.config.cifar_head_rows = list(rows)
+
+
+if __name__ == "__main__":  # python -m experiments.tasks.cifar <dir>: the synthetic set for a CPU smoke run
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a small synthetic CIFAR-10 in the official pickle format.")
+    parser.add_argument("data_dir", type=Path)
+    print(write_synthetic_cifar(parser.parse_args().data_dir))
