@@ -75,6 +75,8 @@ def _rules() -> dict[str, Rule]:
         "model.tokenizer": one_of(*TOKENIZERS),
         "model.load_as": one_of(None, *MODEL_TYPES),
         "model.bnb_4bit_quant_type": one_of("nf4", "fp4"),
+        "model.base_bits": one_of(None, 1, 2, 3, 4, 5, 6, 7, 8),
+        "model.base_group_size": integer(1),
         "model.bnb_4bit_compute_dtype": one_of(None, "bfloat16", "float16", "float32"),
         "trainer.gradient_checkpointing": one_of(*GRADIENT_CHECKPOINTING),
         "method.kind": one_of(*METHOD_KINDS),

@@ -48,3 +48,14 @@ def test_base_is_3bit_frozen_and_the_head_has_10_rows(make_cfg, cifar_dir, tmp_p
 def test_original_row_evaluates_the_untouched_model(make_cfg, cifar_dir, tmp_path) -> None:
     info = run(_cfg(make_cfg, "original", cifar_dir, tmp_path))
     assert info["status"] == "completed" and info["steps"] == 1 and len(info["metrics"]) == 1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.base_bits=9", "model.base_bits=9 is invalid; allowed: None, 1, 2, 3, 4, 5, 6, 7, 8"),
+    ("model.base_group_size=0", "model.base_group_size=0 is invalid; allowed: an integer >= 1"),
+    ("task.image_size=4", "task.image_size=4 is invalid; valid: an integer >= 8"),
+])
+def test_bad_values_fail_before_anything_is_built(override: str, message: str, make_cfg, cifar_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(_cfg(make_cfg, "lora", cifar_dir, tmp_path, override))
+    assert not (tmp_path / "logs").exists()
