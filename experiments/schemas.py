@@ -75,7 +75,7 @@ class CifarTaskConfig(TaskConfig):
     crop_scale: list = _f([0.08, 1.0], "RandomResizedCrop area range (torchvision's default).")
     crop_ratio: list = _f([0.75, 1.3333333333333333], "RandomResizedCrop aspect-ratio range (torchvision's default).")
     hflip: bool = _f(True, "Random horizontal flip (p = 0.5) in training.")
-    select_head_rows: bool = _f(True, "Keep the pretrained head and select num_labels of its rows by mean softmax score on training images (method.md §12.3); false: a new head.")
+    select_head_rows: bool = _f(True, "Keep the pretrained head and select num_labels of its rows by mean softmax score on training images (method.md §12.3); false: a new random num_labels-row head (source=tiny only: a Hub checkpoint's 1000-row head does not load into it).")
     head_selection_samples: int = _f(2000, "Training images (the first N, eval transform) scored for the row selection.")
     num_labels: int = _f(10, "CIFAR-10 classes.")
     augment_seed: int = _f(0, "Seed of the augmentation: example i of epoch e uses numpy default_rng([augment_seed, e, i]) (the run's seed).")

@@ -249,6 +249,8 @@ class CifarTask(Task):
         rows = select_head_rows(model, loader, self.cfg.num_labels)
         model.to(home)
         shrink_classifier(model, rows)
+        model.config.id2label = dict(enumerate(self.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(self.label_names)}
         self.head_rows = rows
         log.info("CIFAR-10 head: ImageNet rows %s for %s", rows, self.label_names)
 

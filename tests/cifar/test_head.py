@@ -46,3 +46,17 @@ def test_a_planted_head_is_recovered() -> None:
     labels = torch.arange(30) % 10
     batches = [{"pixel_values": torch.nn.functional.one_hot(labels, 10).float(), "labels": labels}]
     assert select_head_rows(Planted(), batches, 10) == [100 + 7 * c for c in range(10)]
+
+
+def test_the_task_names_the_selected_rows_after_cifar_classes(cifar_dir, make_cfg) -> None:
+    from experiments.models import build_model
+    from experiments.tasks.cifar import LABEL_NAMES
+
+    cfg = make_cfg(["+experiment=cifar10_vit", "model=tiny_vit", f"task.data_dir={cifar_dir}"])
+    task = build_task(cfg.task)
+    model, tokenizer = build_model(cfg.model, task)
+    assert tokenizer is None and model.classifier.out_features == 1000
+    task.build_datasets(tokenizer)
+    task.prepare_model(model)
+    assert model.classifier.out_features == 10 and len(set(task.head_rows)) == 10
+    assert [model.config.id2label[i] for i in range(10)] == list(LABEL_NAMES)
