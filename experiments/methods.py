@@ -242,9 +242,10 @@ def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
 
 
 def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig, total_steps: int,
-                 task_type: str = "SEQ_CLS") -> Method:
+                 task_type: str | None = "SEQ_CLS") -> Method:
     """Wrap/freeze ``model`` as ``method_cfg.kind`` says; ``total_steps`` = optimizer steps of the run,
-    ``task_type`` the ``peft.TaskType`` name of the task (``SEQ_CLS``, ``CAUSAL_LM``)."""
+    ``task_type`` the ``peft.TaskType`` name of the task (``SEQ_CLS``, ``CAUSAL_LM``; ``None``: peft's generic
+    ``PeftModel``, e.g. for image classifiers)."""
     kind = method_cfg.kind
     heads = list(model_cfg.head_modules)
     if kind == "quantum_peft":
@@ -264,7 +265,7 @@ def build_method(method_cfg: DictConfig, model: nn.Module, model_cfg: DictConfig
         kwargs["target_modules"] = kwargs["target_modules"] or targets
         if "reference_total_step" in kwargs:
             _adalora_schedule(kwargs, total_steps)
-        peft_cfg = config_class(task_type=TaskType[task_type], modules_to_save=heads or None, **kwargs)
+        peft_cfg = config_class(task_type=TaskType[task_type] if task_type else None, modules_to_save=heads or None, **kwargs)
         peft_model = get_peft_model(model, peft_cfg)
         for name, param in peft_model.named_parameters():
             if ".ranknum." in name:  # AdaLoRA's constant r: peft re-wraps it as trainable when it moves devices

@@ -21,6 +21,11 @@ to bitsandbytes 4-bit (``bnb_4bit_quant_type``, double quantization, ``bnb_4bit_
 task head, and ``kbit_prepare`` then applies :func:`experiments.kbit.prepare_kbit` (frozen base, the
 non-quantized parameters in fp32, so heads and norms train and run in fp32); bitsandbytes' CPU eval-time
 repacking, which changes the dequantized weights, is turned off (:func:`experiments.kbit.keep_4bit_layout`).
+``base_bits: B`` rounds every weight and bias of the built base, head included, once to B bits per group of
+``base_group_size`` (:func:`experiments.base_quant.quantize_base_`, the paper's ViT setting, method.md §10).
+
+Image heads (``task.head: image_classification``) have no tokenizer: the builder returns ``None`` for it, and
+``source: tiny`` builds ``arch``'s model from ``tiny_config`` with the task's head arguments only.
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ def auto_class(task: Any) -> Any:
     return getattr(transformers, HEADS[head])
 
 
+def _is_image(task: Any) -> bool:
+    return getattr(task, "head", None) == "image_classification"
+
+
 def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:
     """Decoder-only tokenizers (GPT-2, Mistral) have no pad token: reuse EOS, and tell the model."""
     if tokenizer.pad_token is None:
@@ -115,8 +124,10 @@ def _load_pretrained(path: str, cfg: DictConfig, task: Any, tokenizer: Any = Non
         kwargs["dtype"] = dtype
     if cfg.get("load_in_4bit"):
         kwargs["quantization_config"] = _quantization_config(cfg)
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
     model = auto_class(task).from_pretrained(path, **kwargs)
+    if _is_image(task):
+        return model, None
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
     _ensure_pad(model, tokenizer)
     return model, tokenizer
 
@@ -206,6 +217,10 @@ def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
     if cfg.arch not in MODEL_TYPES:
         raise ValueError(f"model.arch={cfg.arch!r} has no tiny variant; valid: {sorted(MODEL_TYPES)}")
     tiny = OmegaConf.to_container(cfg.tiny_config, resolve=True) if cfg.get("tiny_config") else {}
+    if _is_image(task):  # no tokenizer, no vocabulary
+        model = auto_class(task).from_config(AutoConfig.for_model(MODEL_TYPES[cfg.arch], **tiny, **_head_kwargs(task)))
+        dtype = _dtype(cfg.get("dtype"))
+        return (model.to(dtype) if dtype is not None else model), None
     tokenizer = _tiny_tokenizer(cfg, task, int(tiny.pop("vocab_size", 1000)))
     config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], vocab_size=len(tokenizer), **_special_ids(tokenizer),
                                   **tiny, **_head_kwargs(task))
@@ -235,6 +250,10 @@ def build_model(model_cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]
     if load_as is not None and load_as not in MODEL_TYPES:
         raise ValueError(f"model.load_as={load_as!r} is invalid; valid: null, {sorted(MODEL_TYPES)}")
     model, tokenizer = _BUILDERS[source](model_cfg, task)
+    if model_cfg.get("base_bits") is not None:
+        from experiments.base_quant import quantize_base_
+
+        quantize_base_(model, model_cfg.base_bits, model_cfg.get("base_group_size", 128))
     if model_cfg.get("load_in_4bit"):
         keep_4bit_layout(model)  # the same base weights in train and eval mode (experiments.kbit)
         if model_cfg.get("kbit_prepare"):

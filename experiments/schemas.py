@@ -28,7 +28,7 @@ class TaskConfig:
     """Fields every task has (fields agreed with ``experiments.tasks``); one schema per family below."""
 
     name: str = _f("???", "Config name, e.g. glue_sst2.")
-    family: str = _f("???", "Task family picked by experiments.tasks.build_task: glue | e2e.")
+    family: str = _f("???", "Task family picked by experiments.tasks.build_task: glue | e2e | cifar.")
     source: str = _f("auto", "auto (local files if present, else Hub) | local | hub.")
     max_length: int = _f(128, "Max tokens per example (truncation).")
     max_train_samples: Optional[int] = _f(None, "Keep the first N training rows (null = all).")
@@ -65,6 +65,23 @@ class E2ETaskConfig(TaskConfig):
 
 
 @dataclass
+class CifarTaskConfig(TaskConfig):
+    """CIFAR-10 image classification (``experiments/tasks/cifar.py``) through a kept 1000-class head."""
+
+    data_dir: str = _f("${paths.data_dir}/cifar-10-batches-py", "Folder of the official python batches (data_batch_1..5, test_batch, batches.meta).")
+    image_size: int = _f(224, "Side of the model's input images (224 for ViT-B/16; smaller for tiny models).")
+    mean: list = _f([0.5, 0.5, 0.5], "Per-channel normalisation mean (google/vit-base-patch16-224's image_mean).")
+    std: list = _f([0.5, 0.5, 0.5], "Per-channel normalisation std (its image_std).")
+    crop_scale: list = _f([0.08, 1.0], "RandomResizedCrop area range (torchvision's default).")
+    crop_ratio: list = _f([0.75, 1.3333333333333333], "RandomResizedCrop aspect-ratio range (torchvision's default).")
+    hflip: bool = _f(True, "Random horizontal flip (p = 0.5) in training.")
+    select_head_rows: bool = _f(True, "Keep the pretrained head and select num_labels of its rows by mean softmax score on training images (method.md §12.3); false: a new random num_labels-row head (source=tiny only: a Hub checkpoint's 1000-row head does not load into it).")
+    head_selection_samples: int = _f(2000, "Training images (the first N, eval transform) scored for the row selection.")
+    num_labels: int = _f(10, "CIFAR-10 classes.")
+    augment_seed: int = _f(0, "Seed of the augmentation: example i of epoch e uses numpy default_rng([augment_seed, e, i]) (the run's seed).")
+
+
+@dataclass
 class ModelConfig:
     """A backbone (fields agreed with ``experiments.models``)."""
 
@@ -86,6 +103,8 @@ class ModelConfig:
     bnb_4bit_quant_type: str = _f("nf4", "load_in_4bit: nf4 (QLoRA's NormalFloat4) | fp4.")
     bnb_4bit_use_double_quant: bool = _f(True, "load_in_4bit: quantize the quantization constants too (QLoRA's double quantization).")
     bnb_4bit_compute_dtype: Optional[str] = _f(None, "load_in_4bit: dtype the 4-bit matmuls compute in (null = model.dtype, else bfloat16).")
+    base_bits: Optional[int] = _f(None, "Round every weight and bias of the base (head included) once at build time to this many bits per group, min-max (experiments.base_quant; null = as loaded).")
+    base_group_size: int = _f(128, "base_bits: elements per quantization group (FP16 scale and zero each).")
     kbit_prepare: bool = _f(True, "load_in_4bit: experiments.kbit.prepare_kbit (peft's prepare_model_for_kbit_training without checkpointing: non-quantized params to fp32).")
 
 
@@ -149,7 +168,7 @@ class MethodConfig:
 
     name: str = _f("???", "Method name used in records and output paths, e.g. lora.")
     kind: str = _f("???", "Builder in experiments.methods: quantum_peft | peft | bitfit | full_ft | head_only.")
-    protocol: str = _f("baseline", "Which per-task hyper-parameter set of an experiment applies: quantum_peft | quantum_peft_lie | baseline.")
+    protocol: str = _f("baseline", "Which per-task hyper-parameter set of an experiment applies: quantum_peft | quantum_peft_lie | baseline | original (lr 0 allowed: the no-fine-tuning row).")
 
 
 @dataclass
@@ -225,6 +244,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="task", name="base_glue", node=GlueTaskConfig)
     cs.store(group="task", name="base_e2e", node=E2ETaskConfig)
+    cs.store(group="task", name="base_cifar", node=CifarTaskConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="logger", name="base_logger", node=LoggerConfig)

@@ -37,6 +37,8 @@ class SelectionRule:
     seeds: tuple[int, ...]  # the seeds the protocol asks for
     methods: tuple[str, ...]  # the table's rows (method config names)
     swept_protocols: tuple[str, ...] = ("quantum_peft", "quantum_peft_lie")  # methods whose LR is swept
+    # rows fed by a non-LR sweep: (method, record_tag) pairs, e.g. ("lora", "--r1"); empty = each method untagged
+    tagged: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.epoch not in EPOCH_CHOICES:
@@ -44,6 +46,10 @@ class SelectionRule:
         missing = sorted(set(self.experiments) - set(self.metric))
         if missing:
             raise ValueError(f"SelectionRule {self.table!r}: no metric for experiments {missing}")
+
+    def cells(self) -> tuple[tuple[str, str], ...]:
+        """The (method, record_tag) of every row: ``tagged``, else each method with the empty tag."""
+        return self.tagged or tuple((m, "") for m in self.methods)
 
     def with_model(self, model: str) -> SelectionRule:
         """The same rule for records of another model config (e.g. ``tiny_deberta`` in tests)."""
@@ -76,9 +82,28 @@ RULES: dict[str, SelectionRule] = {
     ),
     "6": SelectionRule(
         table="6", description="CIFAR-10, ViT-B/16 with a 3-bit base: early stopping (patience 5), so each run "
-        "contributes its best evaluation, the checkpoint early stopping keeps",
+        "contributes its best evaluation, the checkpoint early stopping keeps; one seed and the printed learning "
+        "rates (§12.3: LoRA 1e-3, Quantum-PEFT 3e-3; one seed is [I])",
         experiments=("cifar10_vit",), model="vit_b16_3bit", metric={"cifar10_vit": "val/acc"}, epoch="best",
-        seeds=(0,), methods=("full_ft", "lora", "quantum_peft"),
+        seeds=(0,), methods=("original", "full_ft", "lora", "quantum_peft_pad", "quantum_peft_taylor"),
+        swept_protocols=(),
+        tagged=(("original", ""), ("full_ft", ""), ("lora", "--r1"), ("lora", "--r2"), ("lora", "--r4"),
+                ("quantum_peft_pad", ""), ("quantum_peft_taylor", "")),
+    ),
+    "8": SelectionRule(
+        table="8", description="CIFAR-10, ViT-B/16, Taylor K = 16, intrinsic rank K' = 1..8 (sweep "
+        "cifar_intrinsic_rank): each run's best evaluation (early stopping), one seed [I]; the paper says 'same "
+        "settings as Table 7' (FP32 base) but prints no base: ours on Table 6's 3-bit base",
+        experiments=("cifar10_vit",), model="vit_b16_3bit", metric={"cifar10_vit": "val/acc"}, epoch="best",
+        seeds=(0,), methods=("quantum_peft_taylor",), swept_protocols=(),
+        tagged=tuple(("quantum_peft_taylor", f"--k{k}") for k in range(1, 9)),
+    ),
+    "9": SelectionRule(
+        table="9", description="CIFAR-10, ViT-B/16 with a 2-bit base, Quantum-PEFT (Pauli, padded to 1024, K = 1), "
+        "entangling layers L (sweep cifar_layers): each run's best evaluation, one seed [I]",
+        experiments=("cifar10_vit_2bit",), model="vit_b16_2bit", metric={"cifar10_vit_2bit": "val/acc"},
+        epoch="best", seeds=(0,), methods=("quantum_peft_pad",), swept_protocols=(),
+        tagged=tuple(("quantum_peft_pad", f"--L{L}") for L in (1, 2, 3, 4, 8, 16, 32)),
     ),
 }
 
@@ -103,12 +128,16 @@ def record_model(record: dict[str, Any]) -> str:
     return record["run_info"]["config"].get("model", {}).get("name", "?")
 
 
-def feeds(record: dict[str, Any], rule: SelectionRule, experiment: str, method: str) -> bool:
-    """Whether a completed record is one of the runs the rule's cell (experiment, method) is chosen from."""
+def feeds(record: dict[str, Any], rule: SelectionRule, experiment: str, method: str, tag: str = "") -> bool:
+    """Whether a completed record is one of the runs the rule's cell (experiment, method, tag) is chosen from:
+    its record tag is ``tag``, optionally followed by an ``--lr<value>`` sweep tag."""
     info = record["run_info"]
-    tag = record_tag(record)
+    rest = record_tag(record)
+    if not rest.startswith(tag):
+        return False
+    rest = rest[len(tag):]
     return (info["experiment"] == experiment and info["method"] == method and record_model(record) == rule.model
-            and info["seed"] in rule.seeds and (tag == "" or LR_TAG.match(tag) is not None))
+            and info["seed"] in rule.seeds and (rest == "" or LR_TAG.match(rest) is not None))
 
 
 def lower_is_better(metric: str) -> bool:
@@ -161,8 +190,10 @@ class Cell:
         return text
 
 
-def select_cell(records: list[dict[str, Any]], rule: SelectionRule, experiment: str, method: str) -> Cell | None:
-    """Apply ``rule`` to the completed ``records`` of (``experiment``, ``method``); ``None`` if none feeds it.
+def select_cell(records: list[dict[str, Any]], rule: SelectionRule, experiment: str, method: str,
+                tag: str = "") -> Cell | None:
+    """Apply ``rule`` to the completed ``records`` of (``experiment``, ``method``, ``tag``); ``None`` if none
+    feeds it.
 
     Per learning rate: one value per seed (a later record of the same lr and seed replaces an earlier
     one, by start time, and is reported), mean over seeds.  The selected lr has the best mean; ties go
@@ -172,7 +203,7 @@ def select_cell(records: list[dict[str, Any]], rule: SelectionRule, experiment: 
     by_lr: dict[float | None, dict[int, tuple[str, float, str]]] = defaultdict(dict)
     duplicates = []
     for record in sorted(records, key=lambda r: (r["run_info"].get("start_time") or "", r.get("_file", ""))):
-        if not feeds(record, rule, experiment, method):
+        if not feeds(record, rule, experiment, method, tag):
             continue
         value = run_value(record, metric, rule.epoch)
         if value is None:

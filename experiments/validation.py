@@ -75,6 +75,8 @@ def _rules() -> dict[str, Rule]:
         "model.tokenizer": one_of(*TOKENIZERS),
         "model.load_as": one_of(None, *MODEL_TYPES),
         "model.bnb_4bit_quant_type": one_of("nf4", "fp4"),
+        "model.base_bits": one_of(None, 1, 2, 3, 4, 5, 6, 7, 8),
+        "model.base_group_size": integer(1),
         "model.bnb_4bit_compute_dtype": one_of(None, "bfloat16", "float16", "float32"),
         "trainer.gradient_checkpointing": one_of(*GRADIENT_CHECKPOINTING),
         "method.kind": one_of(*METHOD_KINDS),
@@ -125,13 +127,18 @@ def _built_checks(cfg: DictConfig) -> list[str]:
     return errors
 
 
+def _evaluation_only(cfg: DictConfig, key: str, value: Any) -> bool:
+    """``method.protocol: original`` (the no-fine-tuning row, ``conf/method/original.yaml``) runs at lr 0."""
+    return key == "trainer.lr" and value == 0 and cfg.method.get("protocol") == "original"
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise one ``ValueError`` listing every invalid value of ``cfg`` (field, value, what is allowed)."""
     errors, bad = [], set()
     for key, rule in _rules().items():
         value = OmegaConf.select(cfg, key)
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        if not rule.ok(value):
+        if not rule.ok(value) and not _evaluation_only(cfg, key, value):
             errors.append(f"{key}={value!r} is invalid; allowed: {rule.allowed}")
             bad.add(key)
     tc = cfg.trainer

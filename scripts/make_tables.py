@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
-                                      TABLE3, TABLE4, TABLE5, TABLE8_PARAMS)
+                                      TABLE3, TABLE4, TABLE5, TABLE6, TABLE8_ACC, TABLE8_PARAMS, TABLE9_ACC)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
 from experiments.table_format import Document, Section  # noqa: E402
@@ -227,8 +227,80 @@ def table5(records: list[dict[str, Any]]) -> Document:
     return Document("Table 5: GLUE dev, Mistral-7B with a 4-bit base (paper / ours)", sections)
 
 
+# Table 6 rows: label, (method, record_tag) of the rule, the printed column (None: the paper has no such row)
+TABLE6_ROWS = (("Original", ("original", ""), "Original"), ("FT", ("full_ft", ""), "FT"),
+               ("LoRA K=1", ("lora", "--r1"), "LoRA K=1"), ("LoRA K=2", ("lora", "--r2"), "LoRA K=2"),
+               ("LoRA K=4", ("lora", "--r4"), "LoRA K=4"),
+               ("Quantum-PEFT (Pauli, K=1, L=8)", ("quantum_peft_pad", ""), "Quantum-PEFT"),
+               ("Quantum-PEFT (Taylor, K=4, K'=1)", ("quantum_peft_taylor", ""), None))
+
+
+def _vit_rows(records: list[dict[str, Any]], table: str,
+              rows: list[tuple[str, tuple[str, str], str | None, float | None]]) -> tuple[list[list[str]], list[str]]:
+    """Rows ``label | #params paper / ours | accuracy paper / ours`` of a ViT table and their provenance."""
+    rule = rule_for(table)
+    experiment = rule.experiments[0]
+    out, provenance = [], []
+    for label, (method, tag), params, paper in rows:
+        cell = select_cell(records, rule, experiment, method, tag)
+        ours = _params(records, cell.files) if cell else ""
+        paper_acc = f"{paper:.2f}" if paper is not None else "— (not in the paper)"
+        out.append([label, f"{params or '—'} / {ours or '—'}",
+                    f"{paper_acc} / {cell.text() if cell else '— (no run)'}"])
+        if cell:
+            provenance.append(f"- {label}: {cell.provenance()}")
+    return out, provenance
+
+
+def _vit_notes(table: str, launch: str) -> list[str]:
+    rule = rule_for(table)
+    return [f"Selection rule (Table {table}): {rule.description}. Model `{rule.model}`, experiment "
+            f"`{rule.experiments[0]}`, seeds {list(rule.seeds)}. A cell reads paper / ours = accuracy × 100 (n, lr); "
+            "'— (no run)': no completed record of that row in results/raw (these runs need a GPU and the Hub "
+            "checkpoint google/vit-base-patch16-224). #params: paper / ours (trainable).", f"Runs: `{launch}`."]
+
+
+def table6(records: list[dict[str, Any]]) -> Document:
+    """CIFAR-10 on ViT-B/16 with a 3-bit base: paper / ours per row (Table 6's rule)."""
+    rows = [(label, key, TABLE6[col][0] if col else None, TABLE6[col][1] if col else None)
+            for label, key, col in TABLE6_ROWS]
+    body, provenance = _vit_rows(records, "6", rows)
+    notes = _vit_notes("6", "python run.py +experiment=cifar10_vit method=<original|full_ft|quantum_peft_pad|"
+                       "quantum_peft_taylor>; python run.py --multirun +experiment=cifar10_vit method=lora "
+                       "+sweep=cifar_lora_rank")
+    notes.append("The paper prints one Quantum-PEFT column (0.007M, construction [U]); it is set beside the Pauli row, "
+                 "whose 7,416 parameters round to it (method.md §11.3). Original = no fine-tuning (method=original: "
+                 "one step at lr 0).")
+    return Document("Table 6: CIFAR-10, ViT-B/16 with a 3-bit base (paper / ours)", [Section(
+        header=["method", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body, notes=notes + provenance)])
+
+
+def table8(records: list[dict[str, Any]]) -> Document:
+    """Taylor K = 16, intrinsic rank K' = 1..8: paper / ours (Table 8's rule)."""
+    rows = [(f"K'={k}", ("quantum_peft_taylor", f"--k{k}"), f"{TABLE8_PARAMS[k]:.3f}M", TABLE8_ACC[k])
+            for k in sorted(TABLE8_ACC)]
+    body, provenance = _vit_rows(records, "8", rows)
+    notes = _vit_notes("8", "python run.py --multirun +experiment=cifar10_vit method=quantum_peft_taylor "
+                       "+sweep=cifar_intrinsic_rank")
+    return Document("Table 8: intrinsic rank K', Taylor K = 16, ViT-B/16 on CIFAR-10 (paper / ours)", [Section(
+        header=["K'", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body, notes=notes + provenance)])
+
+
+def table9(records: list[dict[str, Any]]) -> Document:
+    """Pauli entangling layers L on a 2-bit base: paper / ours (Table 9's rule)."""
+    rows = [(f"L={L}", ("quantum_peft_pad", f"--L{L}"), None, acc) for L, acc in sorted(TABLE9_ACC.items())]
+    body, provenance = _vit_rows(records, "9", rows)
+    notes = _vit_notes("9", "python run.py --multirun +experiment=cifar10_vit_2bit +sweep=cifar_layers")
+    notes.append("The paper prints no parameter counts for Table 9.")
+    return Document("Table 9: entangling layers L, Quantum-PEFT on a 2-bit ViT-B/16 base, CIFAR-10 (paper / ours)",
+                    [Section(header=["L", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body,
+                             notes=notes + provenance)])
+
+
 def fed_by_a_rule(record: dict[str, Any]) -> bool:
-    return any(feeds(record, rule, e, record["run_info"]["method"]) for rule in RULES.values() for e in rule.experiments)
+    method = record["run_info"]["method"]
+    return any(feeds(record, rule, e, m, tag) for rule in RULES.values() for e in rule.experiments
+               for m, tag in rule.cells() if m == method)
 
 
 def other_runs(records: list[dict[str, Any]]) -> Document:
@@ -334,6 +406,9 @@ def main() -> None:
         "table3_e2e": table3(records),
         "table4_e2e_cost": table4(args.results / "bench"),
         "table5_mistral_glue": table5(records),
+        "table6_cifar10_vit": table6(records),
+        "table8_intrinsic_rank": table8(records),
+        "table9_layers": table9(records),
         "counts": counts_table(),
         "other_runs": other_runs(records),
         "fig6_mappings": mapping_bench_table(args.results / "bench" / "mappings.json"),

@@ -76,6 +76,11 @@ def plan(rule: SelectionRule) -> tuple[list[Point], list[str]]:
             continue
         for method in rule.methods:
             protocol = method_protocol(method)
+            tags = [tag for m, tag in rule.tagged if m == method and tag]
+            if tags:  # rows of a non-LR sweep (Tables 6, 8, 9): the experiment's header gives the --multirun line
+                notes.append(f"{experiment} {method}: rows {', '.join(tags)} come from a sweep; run the --multirun "
+                             f"line in conf/experiment/{experiment}.yaml")
+                continue
             if protocol is None:
                 notes.append(f"{method}: no conf/method/{method}.yaml")
                 continue

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from experiments.tasks.base import Task
 
-FAMILIES = ("glue", "e2e")
+FAMILIES = ("glue", "e2e", "cifar")
 
 
 def build_task(task_cfg: DictConfig) -> Task:
@@ -20,4 +20,8 @@ def build_task(task_cfg: DictConfig) -> Task:
         from experiments.tasks.e2e import E2ETask
 
         return E2ETask(task_cfg)
+    if family == "cifar":
+        from experiments.tasks.cifar import CifarTask
+
+        return CifarTask(task_cfg)
     raise ValueError(f"unknown task family {family!r}; valid families: {list(FAMILIES)}")

@@ -21,7 +21,7 @@ class Task(ABC):
     optimized_metric: str = "val/loss"
     greater_is_better: bool = True
     head: str = "sequence_classification"  # the model head experiments.models builds (see models.HEADS)
-    peft_task_type: str = "SEQ_CLS"  # peft.TaskType of the baselines' PeftModel
+    peft_task_type: str | None = "SEQ_CLS"  # peft.TaskType of the baselines' PeftModel (None: the generic one)
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

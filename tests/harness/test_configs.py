@@ -13,7 +13,7 @@ from experiments import apply_debug, run
 from tests.harness.conftest import CONF, EXPERIMENTS, fast_overrides
 
 METHODS = ["quantum_peft", "lora", "adalora", "bitfit", "full_ft"]
-GLUE_EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith("e2e_")]  # E2E runs: tests/e2e/test_task.py
+GLUE_EXPERIMENTS = [e for e in EXPERIMENTS if not e.startswith(("e2e_", "cifar10_"))]  # E2E: tests/e2e/test_task.py; CIFAR: tests/cifar/test_train.py
 
 
 def test_experiments_exist() -> None:

@@ -1,0 +1,48 @@
+"""``make tables`` renders Tables 6, 8 and 9: paper beside ours, '—' with the reason, cells naming records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from experiments.records import new_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(raw: Path, experiment: str, method: str, tag: str, model: str, accs: list[float], params: int) -> str:
+    config = {"model": {"name": model}, "record_tag": tag, "trainer": {"lr": 1e-3}}
+    record = new_record(config, experiment, method, 0)
+    record["train_info"].update(status="completed", metrics=[{"val/acc": a, "epoch": i} for i, a in enumerate(accs)],
+                                optimized_metric="val/acc", trainable_params=params, ms_per_step=10.0,
+                                adapter_bytes=5000, steps=10)
+    raw.mkdir(parents=True, exist_ok=True)
+    name = f"{experiment}--{method}--{model}--seed0{tag}.json"
+    (raw / name).write_text(json.dumps(record))
+    return name
+
+
+def test_tables_6_8_9(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    lora = _write(raw, "cifar10_vit", "lora", "--r2", "vit_b16_3bit", [0.97, 0.981, 0.975], 73_728)
+    _write(raw, "cifar10_vit", "lora", "--r2", "vit_b16", [0.99], 73_728)  # another model: not Table 6's
+    taylor = _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3", "vit_b16_3bit", [0.98, 0.9876], 110_784)
+    pauli = _write(raw, "cifar10_vit_2bit", "quantum_peft_pad", "--L3", "vit_b16_2bit", [0.95, 0.966], 7_000)
+    subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    tables = tmp_path / "tables"
+    t6 = (tables / "table6_cifar10_vit.md").read_text()
+    assert "| LoRA K=2 | 0.074M / 73,728 | 98.30 / 98.10 (n=1, lr=0.001) |" in t6 and lora in t6
+    assert "| LoRA K=1 | 0.037M / — | 98.14 / — (no run) |" in t6
+    assert "| Original | — / — | 76.21 / — (no run) |" in t6
+    assert "| Quantum-PEFT (Taylor, K=4, K'=1) | — / — | — (not in the paper) / — (no run) |" in t6
+    t8 = (tables / "table8_intrinsic_rank.md").read_text()
+    assert "| K'=3 | 0.111M / 110,784 | 98.76 / 98.76 (n=1, lr=0.001) |" in t8 and taylor in t8
+    t9 = (tables / "table9_layers.md").read_text()
+    assert "| L=3 | — / 7,000 | 96.71 / 96.60 (n=1, lr=0.001) |" in t9 and pauli in t9
+    assert "| L=32 | — / — | 96.71 / — (no run) |" in t9
+    other = (tables / "other_runs.md").read_text()
+    assert "vit_b16 |" in other and lora not in other and taylor not in other
+    assert (tables / "table9_layers.tex").read_text().count(r"\toprule") == 1
