@@ -94,7 +94,7 @@ def test_auto_prefers_local() -> None:
 
 
 def test_bad_family_subtask_and_source() -> None:
-    with pytest.raises(ValueError, match=r"valid families: \['glue', 'e2e'\]"):
+    with pytest.raises(ValueError, match=r"valid families: \['glue', 'e2e', 'cifar'\]"):
         build_task(task_cfg("rte", family="e2e_nope"))
     with pytest.raises(ValueError, match="valid:.*'sst2'"):
         GlueTask(task_cfg("sst3"))
