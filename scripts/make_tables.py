@@ -280,8 +280,8 @@ def table8(records: list[dict[str, Any]]) -> Document:
     rows = [(f"K'={k}", ("quantum_peft_taylor", f"--k{k}"), f"{TABLE8_PARAMS[k]:.3f}M", TABLE8_ACC[k])
             for k in sorted(TABLE8_ACC)]
     body, provenance = _vit_rows(records, "8", rows)
-    notes = _vit_notes("8", "python run.py --multirun +experiment=cifar10_vit method=quantum_peft_taylor "
-                       "+sweep=cifar_intrinsic_rank")
+    notes = _vit_notes("8", "python run.py --multirun +experiment=cifar10_vit model=vit_b16 "
+                       "method=quantum_peft_taylor +sweep=cifar_intrinsic_rank")
     return Document("Table 8: intrinsic rank K', Taylor K = 16, ViT-B/16 on CIFAR-10 (paper / ours)", [Section(
         header=["K'", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body, notes=notes + provenance)])
 

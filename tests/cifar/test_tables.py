@@ -28,7 +28,7 @@ def test_tables_6_8_9(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     lora = _write(raw, "cifar10_vit", "lora", "--r2", "vit_b16_3bit", [0.97, 0.981, 0.975], 73_728)
     _write(raw, "cifar10_vit", "lora", "--r2", "vit_b16", [0.99], 73_728)  # another model: not Table 6's
-    taylor = _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3", "vit_b16_3bit", [0.98, 0.9876], 110_784)
+    taylor = _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3", "vit_b16", [0.98, 0.9876], 110_784)
     pauli = _write(raw, "cifar10_vit_2bit", "quantum_peft_pad", "--L3", "vit_b16_2bit", [0.95, 0.966], 7_000)
     subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
                    capture_output=True)
