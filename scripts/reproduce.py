@@ -146,7 +146,7 @@ def main() -> None:
     print(f"Table {rule.table}: {rule.description}.")
     print(f"model {rule.model}; seeds {list(rule.seeds)}; swept learning rates {lr_grid()} for protocols "
           f"{list(rule.swept_protocols)}; results in {args.results / 'raw'}\n")
-    print(f"| experiment | method | runs | completed | missing | est. hours per run |\n|---|---|---|---|---|---|")
+    print("| experiment | method | runs | completed | missing | est. hours per run |\n|---|---|---|---|---|---|")
     total_hours, unknown = 0.0, 0
     for experiment in rule.experiments:
         for method in rule.methods:
