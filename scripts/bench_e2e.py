@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 import experiments.schemas  # noqa: E402,F401  (registers the config schemas)
 from experiments.methods import Method, build_method  # noqa: E402
 from experiments.model_assets import gpt2_tokenizer_dir  # noqa: E402
@@ -47,6 +46,7 @@ from experiments.records import dir_bytes, git_info  # noqa: E402
 from experiments.tasks import build_task  # noqa: E402
 from experiments.tasks.e2e import read_lora_pairs  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
+from timing import round_robin  # noqa: E402
 
 METHODS = ("lora", "adalora", "loha", "lokr", "quantum_peft_taylor")
 PAPER_MS = {method: ms for method, (ms, _) in TABLE4.items()}
@@ -113,33 +113,6 @@ def make_batch(batch: int, seq: int, device: torch.device) -> dict[str, torch.Te
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_round_robin(runners: dict[str, Runner], warmup: int, repeats: int, device: torch.device) -> dict[str, dict]:
-    """``warmup`` untimed rounds, then ``repeats`` timed ones, the method order rotated every round."""
-    names = list(runners)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    peaks: dict[str, int] = {}
-    for r in range(warmup + repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                held = torch.cuda.memory_allocated(device)
-            start = time.perf_counter()
-            runners[name].step()
-            sync(device)
-            if r >= warmup:
-                times[name].append(1e3 * (time.perf_counter() - start))
-                if device.type == "cuda":
-                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device) - held)
-    return {n: {"ms": statistics.median(t), "min": min(t), "max": max(t), "times_ms": t,
-                "peak_step_bytes": peaks.get(n)} for n, t in times.items()}
-
-
 def adapter_bytes(method: Method) -> int:
     """Bytes of the adapter as a run saves it (``save_adapter``; loader files only)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +176,7 @@ def main() -> None:
         results[name] = {"trainable": trainable, "total": total, "adapter_param_bytes": 4 * trainable,
                          "adapter_file_bytes": adapter_bytes(method)}
         print(f"built {name}: {trainable:,} trainable", flush=True)
-    timed = time_round_robin(runners, args.warmup, args.repeats, device)
+    timed = round_robin({name: r.step for name, r in runners.items()}, args.repeats, device, args.warmup)
     ref = results.get(REFERENCE)
     for name, r in results.items():
         r.update(timed[name])

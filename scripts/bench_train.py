@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,8 +39,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpeft import QPeftConfig, get_qpeft_model  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
+from timing import round_robin  # noqa: E402
 
 DEBERTA_TARGETS = r".*\.layer\.\d+\.(attention\.self\.(query|key|value)_proj|attention\.output\.dense|intermediate\.dense|output\.dense)"
 QPEFT_MAPPINGS = {  # DeBERTa sizes 768 / 3072 are not powers of two: Pauli runs through pad or qsd there
@@ -168,27 +169,6 @@ class Runner:
         layers = [layer for _, layer in self.net.qpeft_layers()]
         factors = self.net._batcher.build(layers)
         sum(f.sum() for us, vs in factors for f in (*us, *vs)).backward()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def round_robin(tasks: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, dict]:
-    """Warm up each task once, then time ``repeats`` rounds, rotating the order every round."""
-    names = list(tasks)
-    for name in names:
-        tasks[name]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            tasks[name]()
-            sync(device)
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {n: {"ms": statistics.median(t), "min": min(t), "max": max(t)} for n, t in times.items()}
 
 
 # ------------------------------------------------------------------ memory / size probe (own process)
