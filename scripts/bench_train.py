@@ -167,7 +167,7 @@ class Runner:
     def build(self) -> None:
         """Forward+backward of every U/V factor, built as in a training step."""
         layers = [layer for _, layer in self.net.qpeft_layers()]
-        factors = self.net._batcher.build(layers)
+        factors = self.net.base_model._batcher.build(layers)  # QPeftModel.base_model is the tuner
         sum(f.sum() for us, vs in factors for f in (*us, *vs)).backward()
 
 
