@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
+
+
+Loaded = TypeVar("Loaded")
+SOURCES = ("auto", "local", "hub")
+
+
+def load_from_source(source: str, local_present: bool, load_local: Callable[[], Loaded],
+                     load_hub: Callable[[], Loaded], missing: str) -> Loaded:
+    """``task.source``: ``local`` (``load_local`` raises where files are absent), ``hub`` (``load_hub`` raises
+    ``RuntimeError`` offline), or ``auto``: local files when present, else the Hub, and if that fails too, a
+    ``FileNotFoundError`` that says where the files go (``missing``) and why the Hub failed."""
+    if source == "local" or (source == "auto" and local_present):
+        return load_local()
+    if source == "hub":
+        return load_hub()
+    try:
+        return load_hub()
+    except RuntimeError as err:
+        raise FileNotFoundError(f"{missing} Hub fallback: {err}") from err
 
 
 class Task(ABC):

@@ -37,13 +37,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from experiments.tasks.base import Task
+from experiments.tasks.base import SOURCES, Task
 
 log = logging.getLogger(__name__)
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE, META_FILE = "test_batch", "batches.meta"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SOURCES = ("auto", "local", "hub")
 HUB_ID = "uoft-cs/cifar10"
 
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 [N, 32, 32, 3], int64 [N])

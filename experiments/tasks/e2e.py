@@ -38,12 +38,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from experiments.metrics.e2e import METRICS as E2E_METRICS
-from experiments.tasks.base import Task
+from experiments.tasks.base import SOURCES, Task, load_from_source
 from experiments.tasks.decoding import BeamSettings, beam_decode
 
 log = logging.getLogger(__name__)
 FORMATS = ("lora", "csv")
-SOURCES = ("auto", "local", "hub")
 HUB_DATASET = "tuetschek/e2e_nlg"
 HUB_SPLITS = {"train_file": "train", "val_file": "validation", "test_file": "test"}
 IGNORE = -100
@@ -170,6 +169,8 @@ class E2ETask(Task):
 
     def _read_local(self, key: str) -> list[Pair]:
         path = self.split_path(key)
+        if not path.is_file():
+            raise FileNotFoundError(self._missing(key))
         return read_lora_pairs(path) if self.cfg.format == "lora" else read_csv_pairs(path)
 
     def _read_hub(self, key: str) -> list[Pair]:
@@ -186,18 +187,8 @@ class E2ETask(Task):
         """The (MR, reference) pairs of ``train_file``, ``val_file`` or ``test_file`` (cached; train and val
         truncated to ``max_train_samples`` / ``max_eval_samples`` lines)."""
         if key not in self._pairs:
-            local = self.split_path(key).is_file()
-            if self.cfg.source == "local" or (self.cfg.source == "auto" and local):
-                if not local:
-                    raise FileNotFoundError(self._missing(key))
-                pairs = self._read_local(key)
-            elif self.cfg.source == "hub":
-                pairs = self._read_hub(key)
-            else:
-                try:
-                    pairs = self._read_hub(key)
-                except RuntimeError as err:
-                    raise FileNotFoundError(f"{self._missing(key)} Hub fallback: {err}") from err
+            pairs = load_from_source(self.cfg.source, self.split_path(key).is_file(), lambda: self._read_local(key),
+                                     lambda: self._read_hub(key), self._missing(key))
             limit = {"train_file": self.cfg.max_train_samples, "val_file": self.cfg.max_eval_samples}.get(key)
             self._pairs[key] = pairs[:limit] if limit else pairs
         return self._pairs[key]

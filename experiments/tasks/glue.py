@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from experiments.metrics.glue import SUBTASK_METRICS, glue_metrics
-from experiments.tasks.base import Task
+from experiments.tasks.base import SOURCES, Task, load_from_source
 from experiments.tasks.sampling import LengthGroupedBatchSampler
 
 NLI2 = {"entailment": 0, "not_entailment": 1}
@@ -128,8 +128,8 @@ class GlueTask(Task):
         super().__init__(cfg)
         if cfg.subtask not in SUBTASKS:
             raise ValueError(f"unknown GLUE subtask {cfg.subtask!r}; valid: {sorted(SUBTASKS)}")
-        if cfg.source not in ("auto", "local", "hub"):
-            raise ValueError(f"task.source={cfg.source!r} is invalid; valid: ['auto', 'hub', 'local']")
+        if cfg.source not in SOURCES:
+            raise ValueError(f"task.source={cfg.source!r} is invalid; valid: {sorted(SOURCES)}")
         self.subtask: str = cfg.subtask
         self.spec = SUBTASKS[cfg.subtask]
         self.optimized_metric = cfg.get("optimized_metric") or f"val/{SUBTASK_METRICS[cfg.subtask][0]}"
@@ -184,15 +184,8 @@ class GlueTask(Task):
     def load_splits(self) -> dict[str, list[Example]]:
         """Raw ``{"train", "val"}`` examples (cached), truncated to ``max_*_samples`` (first N rows)."""
         if self._splits is None:
-            if self.cfg.source == "local" or (self.cfg.source == "auto" and self.local_dir().is_dir()):
-                splits = self._load_local()
-            elif self.cfg.source == "hub":
-                splits = self._load_hub()
-            else:  # auto without local files: the Hub, and if that fails too, say where the files go
-                try:
-                    splits = self._load_hub()
-                except RuntimeError as err:
-                    raise FileNotFoundError(f"{self._missing([str(self.local_dir())])} Hub fallback: {err}") from err
+            splits = load_from_source(self.cfg.source, self.local_dir().is_dir(), self._load_local, self._load_hub,
+                                      self._missing([str(self.local_dir())]))
             limits = {"train": self.cfg.get("max_train_samples"), "val": self.cfg.get("max_eval_samples")}
             self._splits = {k: v[: limits[k]] if limits[k] else v for k, v in splits.items()}
         return self._splits
