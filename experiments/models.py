@@ -218,14 +218,14 @@ def build_tiny(cfg: DictConfig, task: Any) -> tuple[torch.nn.Module, Any]:
         raise ValueError(f"model.arch={cfg.arch!r} has no tiny variant; valid: {sorted(MODEL_TYPES)}")
     tiny = OmegaConf.to_container(cfg.tiny_config, resolve=True) if cfg.get("tiny_config") else {}
     if _is_image(task):  # no tokenizer, no vocabulary
-        model = auto_class(task).from_config(AutoConfig.for_model(MODEL_TYPES[cfg.arch], **tiny, **_head_kwargs(task)))
-        dtype = _dtype(cfg.get("dtype"))
-        return (model.to(dtype) if dtype is not None else model), None
-    tokenizer = _tiny_tokenizer(cfg, task, int(tiny.pop("vocab_size", 1000)))
-    config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], vocab_size=len(tokenizer), **_special_ids(tokenizer),
-                                  **tiny, **_head_kwargs(task))
+        tokenizer, text_fields = None, {}
+    else:
+        tokenizer = _tiny_tokenizer(cfg, task, int(tiny.pop("vocab_size", 1000)))
+        text_fields = {"vocab_size": len(tokenizer), **_special_ids(tokenizer)}
+    config = AutoConfig.for_model(MODEL_TYPES[cfg.arch], **text_fields, **tiny, **_head_kwargs(task))
     model = auto_class(task).from_config(config)
-    _ensure_pad(model, tokenizer)
+    if tokenizer is not None:
+        _ensure_pad(model, tokenizer)
     if cfg.get("load_in_4bit"):  # quantized exactly as a real checkpoint is: save, reload with the bnb config
         with tempfile.TemporaryDirectory(prefix="qpeft-tiny-") as tmp:
             model.save_pretrained(tmp)

@@ -69,12 +69,11 @@ def read_csv_pairs(path: Path) -> list[Pair]:
     """The official ``mr,ref`` CSV (header ``mr,ref``; ``testset.csv`` has no references and is refused)."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        fields = [f.lower() for f in reader.fieldnames or []]
-        if "mr" not in fields or "ref" not in fields:
+        columns = {f.lower(): f for f in reader.fieldnames or []}
+        if "mr" not in columns or "ref" not in columns:
             raise ValueError(f"{path}: header {reader.fieldnames} lacks 'mr' and 'ref' (testset.csv has no "
                              f"references: use testset_w_refs.csv)")
-        pairs = [(row[reader.fieldnames[fields.index("mr")]].strip(), row[reader.fieldnames[fields.index("ref")]].strip())
-                 for row in reader]
+        pairs = [(row[columns["mr"]].strip(), row[columns["ref"]].strip()) for row in reader]
     if not pairs:
         raise ValueError(f"{path}: no data rows")
     return pairs
