@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
                                       TABLE3, TABLE4, TABLE5, TABLE6, TABLE8_ACC, TABLE8_PARAMS, TABLE9_ACC)
 from experiments.records import is_note  # noqa: E402
-from experiments.selection import RULES, feeds, record_model, record_tag, rule_for, run_value, select_cell  # noqa: E402
+from experiments.selection import (RULES, Cell, SelectionRule, feeds, record_model, record_tag, rule_for,  # noqa: E402
+                                  run_value, select_cell)
 from experiments.table_format import Document, Section  # noqa: E402
 from qpeft.counting import (candidate_report, lora_count, mistral_7b_shapes, stiefel_count,  # noqa: E402
                             table5_candidates)
@@ -67,18 +68,23 @@ def aggregate(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.2f}{spread} (n={len(values)})"
 
 
+def glue_cells(records: list[dict[str, Any]], rule: SelectionRule, prefix: str, method: str,
+               provenance: list[str]) -> dict[str, Cell | None]:
+    """Each GLUE task's cell of ``method`` (experiment ``<prefix><task>``); the selected cells' provenance is
+    appended to ``provenance``."""
+    cells = {task: select_cell(records, rule, f"{prefix}{task}", method) for task in GLUE_TASKS}
+    provenance += [f"- `{method}` × {task.upper()}: {cell.provenance()}" for task, cell in cells.items() if cell]
+    return cells
+
+
 def table2(records: list[dict[str, Any]]) -> Document:
     """GLUE on DeBERTaV3-base: paper | ours per method and task, by Table 2's selection rule."""
     rule = rule_for("2")
     rows, provenance = [], []
     for method, (params, *scores) in TABLE2.items():
-        row = [method, params]
-        for task, paper in zip(GLUE_TASKS, scores):
-            cell = select_cell(records, rule, f"glue_{task}", method)
-            row.append(f"{paper:.2f} / {cell.text() if cell else '—'}")
-            if cell:
-                provenance.append(f"- `{method}` × {task.upper()}: {cell.provenance()}")
-        rows.append(row)
+        cells = glue_cells(records, rule, "glue_", method, provenance)
+        rows.append([method, params, *(f"{paper:.2f} / {cells[task].text() if cells[task] else '—'}"
+                                       for task, paper in zip(GLUE_TASKS, scores))])
     notes = [f"Selection rule (Table 2): {rule.description}. Metrics: {rule.metric}; model `{rule.model}`; "
              f"seeds {list(rule.seeds)}. A cell reads paper / ours = mean ± std (n, selected lr)."]
     notes += provenance or ["No DeBERTaV3-base GLUE records yet (`make reproduce TABLE=2` lists the runs)."]
@@ -89,6 +95,21 @@ def table2(records: list[dict[str, Any]]) -> Document:
 def _params(records: list[dict[str, Any]], files: list[str]) -> str:
     counts = sorted({r["train_info"]["trainable_params"] for r in records if r["_file"] in files})
     return " / ".join(f"{c:,}" for c in counts)
+
+
+def stand_in_runs(records: list[dict[str, Any]], experiment: str,
+                  methods: tuple[str, ...]) -> list[tuple[str, list[dict[str, Any]], list[str]]]:
+    """``(method, its records, their file names)`` of a CPU stand-in experiment, for each method that has runs."""
+    out = []
+    for method in methods:
+        runs = [r for r in records if r["run_info"]["experiment"] == experiment and r["run_info"]["method"] == method]
+        if runs:
+            out.append((method, runs, sorted(r["_file"] for r in runs)))
+    return out
+
+
+def median_ms_per_step(runs: list[dict[str, Any]]) -> str:
+    return f"{statistics.median(r['train_info']['ms_per_step'] for r in runs):.0f}"
 
 
 def e2e_scores(records: list[dict[str, Any]], files: list[str], epoch: str) -> list[str]:
@@ -121,15 +142,12 @@ def table3(records: list[dict[str, Any]]) -> Document:
     notes += provenance or ["No GPT-2 Medium E2E records yet: the runs need microsoft/LoRA's train.txt "
                             "(`python run.py +experiment=e2e_gpt2m method=<m> task.train_file=...`)."]
     cpu_rows = []
-    for method in rule.methods:
-        runs = [r for r in records if r["run_info"]["experiment"] == "e2e_smollm2" and r["run_info"]["method"] == method]
-        if runs:
-            files = sorted(r["_file"] for r in runs)
-            info = runs[0]["train_info"]
-            wall = statistics.median(r["run_info"].get("wall_seconds") or 0 for r in runs)
-            cpu_rows.append([method, _params(runs, files), *e2e_scores(runs, files, "final"),
-                             f"{info['steps']}", f"{statistics.median(r['train_info']['ms_per_step'] for r in runs):.0f}",
-                             f"{wall / 60:.1f}", f"{info['metrics'][-1].get('test/num_mrs', 0):.0f}", ", ".join(files)])
+    for method, runs, files in stand_in_runs(records, "e2e_smollm2", rule.methods):
+        info = runs[0]["train_info"]
+        wall = statistics.median(r["run_info"].get("wall_seconds") or 0 for r in runs)
+        cpu_rows.append([method, _params(runs, files), *e2e_scores(runs, files, "final"), f"{info['steps']}",
+                         median_ms_per_step(runs), f"{wall / 60:.1f}",
+                         f"{info['metrics'][-1].get('test/num_mrs', 0):.0f}", ", ".join(files)])
     sections = [Section(header=header, rows=rows, notes=notes)]
     if cpu_rows:
         sections.append(Section(
@@ -176,17 +194,12 @@ def table4(bench_dir: Path) -> Document | None:
 def _glue_cpu_rows(records: list[dict[str, Any]], experiment: str, methods: tuple[str, ...]) -> list[list[str]]:
     """One row per method of a CPU stand-in GLUE experiment: count, final dev metric, ms/step, peak memory, records."""
     rows = []
-    for method in methods:
-        runs = [r for r in records if r["run_info"]["experiment"] == experiment and r["run_info"]["method"] == method]
-        if not runs:
-            continue
-        files = sorted(r["_file"] for r in runs)
+    for method, runs, files in stand_in_runs(records, experiment, methods):
         metric = runs[0]["train_info"].get("optimized_metric") or "val/acc"
         values = [v for v in (run_value(r, metric, "final") for r in runs) if v is not None]
         peak = statistics.median(r["train_info"].get("peak_memory_bytes") or 0 for r in runs)
         rows.append([method, _params(runs, files), f"{metric} {aggregate(values) if values else '—'}",
-                     str(statistics.median(r["train_info"]["steps"] for r in runs)),
-                     f"{statistics.median(r['train_info']['ms_per_step'] for r in runs):.0f}",
+                     str(statistics.median(r["train_info"]["steps"] for r in runs)), median_ms_per_step(runs),
                      f"{peak / 2**20:.0f}", ", ".join(files)])
     return rows
 
@@ -197,14 +210,11 @@ def table5(records: list[dict[str, Any]]) -> Document:
     rule = rule_for("5")
     rows, provenance = [], []
     for method, (params, *scores) in TABLE5.items():
-        cells = {task: select_cell(records, rule, f"mistral_glue_{task}", method) for task in GLUE_TASKS}
+        cells = glue_cells(records, rule, "mistral_glue_", method, provenance)
         files = sorted(f for cell in cells.values() if cell for f in cell.files)
         row = [method, f"{params} / {_params(records, files) or '—'}"]
-        for task, paper in zip(GLUE_TASKS, scores):
-            cell = cells[task]
-            row.append(f"{paper:.2f} / {cell.text() if cell else '— (no run)'}")
-            if cell:
-                provenance.append(f"- `{method}` × {task.upper()}: {cell.provenance()}")
+        row += [f"{paper:.2f} / {cells[task].text() if cells[task] else '— (no run)'}"
+                for task, paper in zip(GLUE_TASKS, scores)]
         ours = [cells[t].mean for t in GLUE_TASKS if cells[t]]
         avg = f"{100 * statistics.mean(ours):.2f}" if len(ours) == len(GLUE_TASKS) else \
             f"— ({len(GLUE_TASKS) - len(ours)} task(s) not run)"
