@@ -185,7 +185,9 @@ class QuantumPeftMethodConfig(MethodConfig):
     bias: str = _f("none", "none | all.")
     quant_bits: Optional[int] = _f(None, "QAT bits of the intrinsic parameters (null = fp32).")
     quant_group_size: int = _f(128, "QAT group size.")
-    quant_gamma: float = _f(0.0, "Adaptive bit loading exponent.")
+    quant_gamma: float = _f(0.0, "Adaptive bit loading exponent γ (0 = uniform; method.md §9).")
+    quant_rule: str = _f("log", "Adaptive bit loading rule: log (B_g = B + γ log2(r_g/r̄)) | power (B_g = B (r_g/r̄)^γ).")
+    save_quantized: bool = _f(False, "Save the adapter packed: B-bit codes + FP16 scale/zero per group (needs quant_bits).")
     unitarity_tolerance: Optional[float] = _f(1e-3, "Warn once per factor whose ‖UᵀU − I‖_F exceeds this (null: never).")
     unitarity_check_every: int = _f(100, "Training steps between two unitarity checks (0: at evaluations only).")
 
