@@ -186,6 +186,9 @@ class QuantumPeftMethodConfig(MethodConfig):
     quant_bits: Optional[int] = _f(None, "QAT bits of the intrinsic parameters (null = fp32).")
     quant_group_size: int = _f(128, "QAT group size.")
     quant_gamma: float = _f(0.0, "Adaptive bit loading exponent.")
+    network: str = _f("ttd", "Tensor network of U, V (Table 10): ttd (plain U diag(λ) Vᵀ) | cp | tucker | htd | trd; the mapping builds its nodes.")
+    network_options: dict = _f({}, "Network options: fold, factors, mode_ranks (tucker), leaf_rank (htd).")
+    nonlinearity: Optional[str] = _f(None, "Outer nonlinearity of A.2: null | tanh (ΔW = (α/K)·tanh(U C Vᵀ)).")
     unitarity_tolerance: Optional[float] = _f(1e-3, "Warn once per factor whose ‖UᵀU − I‖_F exceeds this (null: never).")
     unitarity_check_every: int = _f(100, "Training steps between two unitarity checks (0: at evaluations only).")
 

@@ -366,3 +366,19 @@ def test_aliases_and_specs() -> None:
     )
     assert [QPeftConfig(target_modules=["a"], rank=16, network=n).core_shape() for n in NETWORKS] == [
         (16,), (16,), (16, 16), (16,), (4,)]
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_method_configs_are_the_table10_settings_and_state_their_count(network: str) -> None:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "conf" / "method" / f"quantum_peft_tn_{network}.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    assert (cfg["network"], cfg["mapping"], cfg["name"]) == (network, "taylor", path.stem)
+    assert (cfg["rank"], cfg["mapping_options"]["intrinsic_rank"], cfg["network_options"]) == TABLE10_METHODS[network]
+    count = next(r["count"] for r in table10_counts(settings=TABLE10_METHODS) if r["network"] == network)
+    header = path.read_text().split("defaults:")[0]
+    assert f"Q, V (24 matrices 768 x 768, qpeft.counting.table10_counts): {count:,}" in header
+    assert f"python run.py +experiment=cifar10_vit method=quantum_peft_tn_{network}" in header
