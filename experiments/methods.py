@@ -146,7 +146,8 @@ class QuantumPeftMethod(Method):
         self.model.load_adapter_state_dict(state)
 
     def save_adapter(self, directory: str | Path) -> None:
-        self.model.save_pretrained(directory)
+        """The adapter as ``save_pretrained`` writes it; packed integers with ``method.save_quantized``."""
+        self.model.save_pretrained(directory, quantized=self.cfg.save_quantized)
 
     def counts(self) -> tuple[int, int]:
         return self.model.get_nb_trainable_parameters()
@@ -238,6 +239,7 @@ def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
         fused_num_parts=model_cfg.fused_num_parts,
         modules_to_save=OmegaConf.to_container(model_cfg.head_modules, resolve=True), bias=opts["bias"],
         quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"], quant_gamma=opts["quant_gamma"],
+        quant_rule=opts["quant_rule"],
         network=opts["network"], network_options=opts["network_options"], nonlinearity=opts["nonlinearity"],
     )
 

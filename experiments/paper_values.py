@@ -45,6 +45,12 @@ TABLE8_PARAMS = {1: 0.037, 2: 0.074, 3: 0.111, 4: 0.147, 5: 0.184, 6: 0.221, 7: 
 # Table 8 accuracies (%), intrinsic rank K' -> printed value.
 TABLE8_ACC = {1: 98.38, 2: 98.52, 3: 98.76, 4: 98.74, 5: 98.63, 6: 98.79, 7: 98.81, 8: 98.87}
 
+# Table 7: QAT of the Lie parameters (Taylor, ViT-B/16, FP32 base). Bits B (None = FP32) -> printed bits per
+# parameter, and accuracy (%) with uniform and with adaptive bit loading.
+TABLE7_BITS = {None: 32.0, 8: 8.25, 4: 4.25, 3: 3.25, 2: 2.25, 1: 1.25}
+TABLE7_ACC = {"uniform": {None: 98.81, 8: 98.79, 4: 98.78, 3: 98.75, 2: 98.67, 1: 97.96},
+              "adaptive": {None: 98.81, 8: 98.78, 4: 98.87, 3: 98.80, 2: 98.77, 1: 98.64}}
+
 # Table 6: ViT-B/16 on CIFAR-10 with a 3-bit base. Column -> (params, accuracy %) as printed.
 TABLE6 = {"Original": ("—", 76.21), "FT": ("85.81M", 98.05), "LoRA K=1": ("0.037M", 98.14),
           "LoRA K=2": ("0.074M", 98.30), "LoRA K=4": ("0.147M", 98.39), "Quantum-PEFT": ("0.007M", 98.46)}

@@ -90,6 +90,15 @@ RULES: dict[str, SelectionRule] = {
         tagged=(("original", ""), ("full_ft", ""), ("lora", "--r1"), ("lora", "--r2"), ("lora", "--r4"),
                 ("quantum_peft_pad", ""), ("quantum_peft_taylor", "")),
     ),
+    "7": SelectionRule(
+        table="7", description="CIFAR-10, ViT-B/16 on the FP32 base, Taylor K = 16, K' = 3, QAT of the Lie parameters "
+        "at B = 8..1 bits with uniform (γ = 0) and adaptive (γ = 1) bit loading (sweep cifar_qat_bits); FP32 = Table "
+        "8's K' = 3 run. Each run's best evaluation (early stopping), one seed [I]",
+        experiments=("cifar10_vit",), model="vit_b16", metric={"cifar10_vit": "val/acc"}, epoch="best",
+        seeds=(0,), methods=("quantum_peft_taylor",), swept_protocols=(),
+        tagged=(("quantum_peft_taylor", "--k3"),) + tuple(
+            ("quantum_peft_taylor", f"--k3--int{b}--g{g}") for b in (8, 4, 3, 2, 1) for g in ("0.0", "1.0")),
+    ),
     "8": SelectionRule(
         table="8", description="CIFAR-10, ViT-B/16, Taylor K = 16, intrinsic rank K' = 1..8 (sweep "
         "cifar_intrinsic_rank): each run's best evaluation (early stopping), one seed [I]; on the FP32 base "

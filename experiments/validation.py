@@ -124,6 +124,8 @@ def _built_checks(cfg: DictConfig) -> list[str]:
             qpeft_config(cfg.method, cfg.model)
         except ValueError as err:  # name the Hydra key, not the library's field
             errors.append(re.sub(r"QPeftConfig\.(\w+)", lambda m: QPEFT_FIELDS.get(m[1], f"method.{m[1]}"), str(err)))
+        if cfg.method.save_quantized and cfg.method.quant_bits is None:
+            errors.append("method.save_quantized=true needs method.quant_bits (1..8): only a QAT adapter has codes to pack")
     return errors
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qpeft.quantize import ADAPTIVE_RULES
 from qpeft.unitary.base import mapping_class
 
 CONFIG_NAME = "adapter_config.json"
@@ -131,6 +132,9 @@ class QPeftConfig:
     )
     quant_group_size: int = field(default=128, metadata={"help": "Quantization group size G."})
     quant_gamma: float = field(default=0.0, metadata={"help": "Adaptive bit loading exponent γ (0 = uniform)."})
+    quant_rule: str = field(
+        default="log", metadata={"help": "Adaptive bit loading rule (method.md §9, [I]): 'log', B_g = B + γ·log2(r_g/r̄) "
+                                 "(primary), or 'power', B_g = B·(r_g/r̄)^γ; r̄ keeps the mean of B_g at B."})
     base_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The base model (Hub id or path); filled in from the model when it knows it."}
     )
@@ -194,6 +198,8 @@ class QPeftConfig:
         _choice("bias", self.bias, BIAS_CHOICES)
         if self.quant_bits is not None:
             _choice("quant_bits", self.quant_bits, QUANT_BIT_CHOICES)
+        _number("quant_gamma", self.quant_gamma, lambda g: g >= 0, "a finite number >= 0 (0 = uniform bit loading)")
+        _choice("quant_rule", self.quant_rule, ADAPTIVE_RULES)
         if not isinstance(self.quant_group_size, int) or self.quant_group_size < 1:
             raise ValueError(f"QPeftConfig.quant_group_size={self.quant_group_size!r} is invalid; allowed: integers >= 1")
         if self.fused_num_parts < 1:

@@ -23,6 +23,7 @@ from torch import nn
 from qpeft.config import QPeftConfig
 from qpeft.layers import base_layer_shape
 from qpeft.model import find_targets, fused_slices
+from qpeft.quantize import storage_bits_per_parameter
 from qpeft.targets import rank_and_alpha
 from qpeft.unitary.base import count_mapping_parameters
 
@@ -49,6 +50,15 @@ def model_count(model: nn.Module, config: QPeftConfig) -> dict[str, int]:
                            rank_and_alpha(name, config)[0])
         for name, module in find_targets(model, config)
     }
+
+
+def stored_bits_per_parameter(bits: int | None, group_size: int = 128, adaptive: bool = False) -> float:
+    """Bits per quantized parameter of a packed adapter (``qpeft.packing``): 32 unquantized, else
+    :math:`B + 32/G` (FP16 scale and zero per group; Table 7's 8.25 ... 1.25 at G = 128), plus :math:`4/G`
+    for the per-group widths of adaptive bit loading."""
+    if bits is None:
+        return 32.0
+    return storage_bits_per_parameter(bits, group_size) + (4 / group_size if adaptive else 0.0)
 
 
 def lora_count(shapes: list[tuple[int, int]], rank: int) -> int:

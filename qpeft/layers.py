@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qpeft.config import QPeftConfig
+from qpeft.quantize import GroupCodes, adaptive_bits, quantize_codes
 from qpeft.unitary.base import StiefelMap, build_mapping
 
 ADAPTER_PREFIX = "qpeft_"
@@ -55,16 +56,26 @@ def base_layer_shape(module: nn.Module) -> tuple[int, int]:
 
 
 class FakeQuantize(nn.Module):
-    """Parametrization ``θ ↦ θ + sg(Q(θ) − θ)``: B-bit min-max QAT with the straight-through estimator."""
+    """Parametrization ``θ ↦ θ + sg(Q(θ) − θ)``: B-bit min-max QAT with the straight-through estimator.
 
-    def __init__(self, bits: int, group_size: int, gamma: float) -> None:
+    ``gamma > 0`` re-allocates the bits per group from the current ranges (adaptive bit loading, ``rule``
+    ``"log"`` or ``"power"``; :func:`qpeft.quantize.adaptive_bits`) at every call.
+    """
+
+    def __init__(self, bits: int, group_size: int, gamma: float, rule: str = "log") -> None:
         super().__init__()
-        self.bits, self.group_size, self.gamma = bits, group_size, gamma
+        self.bits, self.group_size, self.gamma, self.rule = bits, group_size, gamma, rule
+
+    def codes(self, theta: torch.Tensor) -> GroupCodes:
+        """The integer form of ``Q(θ)`` (what a packed adapter stores)."""
+        bits = adaptive_bits(theta, self.bits, self.group_size, self.gamma, self.rule) if self.gamma else self.bits
+        return quantize_codes(theta, bits, self.group_size)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        from qpeft.quantize import fake_quantize_ste
-
-        return fake_quantize_ste(theta, self.bits, self.group_size, gamma=self.gamma)
+        if theta.numel() == 0:
+            return theta
+        # Q(θ) + (θ − sg(θ)): the value is bit-exactly Q(θ), the gradient the identity's
+        return self.codes(theta).values(theta.dtype) + (theta - theta.detach())
 
 
 @dataclass(eq=False)
@@ -128,7 +139,7 @@ class QPeftAdapter(nn.Module):
                        for name, param in module.named_parameters(recurse=False)
                        if param.requires_grad and param.is_floating_point()]
             for module, name in targets:
-                fq = FakeQuantize(config.quant_bits, config.quant_group_size, config.quant_gamma)
+                fq = FakeQuantize(config.quant_bits, config.quant_group_size, config.quant_gamma, config.quant_rule)
                 parametrize.register_parametrization(module, name, fq)
 
     def mappings(self) -> list[StiefelMap]:

@@ -7,8 +7,11 @@ shorter) and :math:`B` bits:
     s = \frac{\max_g\theta - \min_g\theta}{2^B - 1},\quad z = \min_g\theta,\quad
     Q(\theta) = s\,\mathrm{clip}\bigl(\mathrm{round}((\theta - z)/s),\,0,\,2^B - 1\bigr) + z,
 
-so :math:`|Q(\theta) - \theta| \le s/2`.  :math:`B = 0` collapses the group to :math:`z`
-(structural pruning).  QAT uses the straight-through estimator
+so :math:`|Q(\theta) - \theta| \le s/2`.  :math:`s` and :math:`z` are rounded to FP16 *before* they are
+used, in training as on disk: the values a QAT model trains with are exactly those a packed adapter
+(:mod:`qpeft.packing`) restores, and :math:`|Q(\theta) - \theta|` exceeds :math:`s/2` only by that
+rounding (relative :math:`2^{-11}`).  :math:`B = 0` collapses the group to :math:`z` (structural
+pruning).  QAT uses the straight-through estimator
 :math:`\hat\theta = \theta + \mathrm{sg}(Q(\theta) - \theta)`.  Storage is
 :math:`B + 2\cdot16/G` bits per parameter with FP16 :math:`s, z` (8.25, 4.25, … at G = 128).
 
@@ -26,7 +29,9 @@ bits, which is lossless for it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,9 +42,9 @@ from qpeft.unitary.base import check_int
 MAX_BITS = 8
 ADAPTIVE_RULES = ("log", "power")
 INCLUDE_CHOICES = ("all", "linear")
+#: dtype of the per-group scale and zero, in QAT and on disk (the paper's "FP16 for scale and zero values")
+SCALE_DTYPE = torch.float16
 _BISECTION_STEPS = 80
-
-
 
 
 def num_groups(numel: int, group_size: int) -> int:
@@ -62,28 +67,71 @@ def group_ranges(x: Tensor, group_size: int) -> Tensor:
     return g.amax(-1) - g.amin(-1)
 
 
-def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
-    """Round ``x`` to the min–max grid of each group; same shape and dtype, no gradient.
+@dataclass(frozen=True)
+class GroupCodes:
+    """The integer form of a quantized tensor: what a packed adapter stores.
+
+    ``codes[g, i]`` in ``0 .. 2^bits[g] - 1`` (``[num_groups, G]``, the last group padded), FP16 ``scale``
+    and ``zero`` per group; :meth:`values` is :math:`Q(\\theta)`.
+    """
+
+    codes: Tensor  # [num_groups, G] torch.long
+    scale: Tensor  # [num_groups] SCALE_DTYPE
+    zero: Tensor  # [num_groups] SCALE_DTYPE
+    bits: Tensor  # [num_groups] torch.long, 0..8
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def values(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """:math:`s\\,q + z` in ``dtype`` (the arithmetic QAT's forward uses, so the values are bit-exact)."""
+        q = self.codes.to(dtype) * self.scale.to(dtype).unsqueeze(-1) + self.zero.to(dtype).unsqueeze(-1)
+        return q.reshape(-1)[: self.numel].view(self.shape)
+
+
+def _group_bits(num: int, bits: int | Tensor, device: torch.device) -> Tensor:
+    if isinstance(bits, Tensor):
+        if bits.shape != (num,) or bits.min() < 0 or bits.max() > MAX_BITS:
+            raise ValueError(f"bits must have shape ({num},) and values in 0..{MAX_BITS}, got {tuple(bits.shape)}")
+        return bits.to(device=device, dtype=torch.long)
+    return torch.full((num,), check_int("bits", bits, 1, MAX_BITS), dtype=torch.long, device=device)
+
+
+def _to_scale_dtype(name: str, value: Tensor) -> Tensor:
+    rounded = value.to(SCALE_DTYPE)
+    if not torch.isfinite(rounded).all() and torch.isfinite(value).all():
+        raise ValueError(f"the quantization {name} exceeds the FP16 range (|x| > {torch.finfo(SCALE_DTYPE).max:g}); "
+                         "such values cannot be stored with FP16 scale and zero")
+    return rounded
+
+
+def quantize_codes(x: Tensor, bits: int | Tensor, group_size: int) -> GroupCodes:
+    """:class:`GroupCodes` of ``x`` (no gradient): :math:`z = \\mathrm{fp16}(\\min_g)`,
+    :math:`s = \\mathrm{fp16}((\\max_g - z)/(2^{B_g} - 1))`, :math:`q = \\mathrm{clip}(\\mathrm{round}((\\theta - z)/s), 0, 2^{B_g} - 1)`.
 
     :param bits: an integer 1..8 for every group, or a ``[num_groups]`` integer tensor with
         values 0..8 (e.g. from :func:`adaptive_bits`; 0 bits collapses a group to its minimum).
     """
+    g = _grouped(x.detach(), check_int("group_size", group_size, 1))
+    widths = _group_bits(g.shape[0], bits, g.device)
+    levels = (2**widths - 1).to(g.dtype).unsqueeze(-1)
+    zero = _to_scale_dtype("zero", g.amin(-1))
+    low = zero.to(g.dtype).unsqueeze(-1)
+    scale = _to_scale_dtype("scale", ((g.amax(-1, keepdim=True) - low) / levels.clamp_min(1)).squeeze(-1))
+    step = scale.to(g.dtype).unsqueeze(-1)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    codes = torch.minimum(torch.round((g - low) / safe).clamp_min(0), levels).long()
+    codes = torch.where(step > 0, codes, torch.zeros_like(codes))  # a step rounded to 0: the group is its zero
+    return GroupCodes(codes, scale, zero, widths, tuple(x.shape))
+
+
+def quantize_groups(x: Tensor, bits: int | Tensor, group_size: int) -> Tensor:
+    """Round ``x`` to the min–max grid of each group (:func:`quantize_codes`); same shape and dtype, no gradient."""
     if x.numel() == 0:
         return x.detach().clone()
-    g = _grouped(x.detach(), check_int("group_size", group_size, 1))
-    if isinstance(bits, Tensor):
-        if bits.shape != (g.shape[0],) or bits.min() < 0 or bits.max() > MAX_BITS:
-            raise ValueError(
-                f"bits must have shape ({g.shape[0]},) and values in 0..{MAX_BITS}, got {tuple(bits.shape)}"
-            )
-        levels = (2 ** bits.to(device=g.device, dtype=torch.long) - 1).to(g.dtype).unsqueeze(-1)
-    else:
-        levels = torch.full((g.shape[0], 1), 2 ** check_int("bits", bits, 1, MAX_BITS) - 1, dtype=g.dtype, device=g.device)
-    low = g.amin(-1, keepdim=True)
-    scale = (g.amax(-1, keepdim=True) - low) / levels.clamp_min(1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.minimum(torch.round((g - low) / safe).clamp_min(0), levels)
-    return (q * scale + low).reshape(-1)[: x.numel()].view_as(x)
+    return quantize_codes(x, bits, group_size).values(x.dtype)
 
 
 def fake_quantize_ste(

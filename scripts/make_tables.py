@@ -22,13 +22,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
-                                      TABLE3, TABLE4, TABLE5, TABLE6, TABLE8_ACC, TABLE8_PARAMS, TABLE9_ACC)
+                                      TABLE3, TABLE4, TABLE5, TABLE6, TABLE7_ACC, TABLE7_BITS, TABLE8_ACC,
+                                      TABLE8_PARAMS, TABLE9_ACC)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import (RULES, Cell, SelectionRule, feeds, record_model, record_tag, rule_for,  # noqa: E402
                                   run_value, select_cell)
 from experiments.table_format import Document, Section  # noqa: E402
 from qpeft.counting import (candidate_report, lora_count, mistral_7b_shapes, stiefel_count,  # noqa: E402
-                            table5_candidates)
+                            stored_bits_per_parameter, table5_candidates)
 from qpeft.io import atomic_write_text  # noqa: E402
 
 
@@ -285,6 +286,81 @@ def table6(records: list[dict[str, Any]]) -> Document:
         header=["method", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body, notes=notes + provenance)])
 
 
+BIT_COLUMNS = (None, 8, 4, 3, 2, 1)  # Table 7's columns: FP32, INT8 .. INT1
+QAT_GAMMA = {"uniform": "0.0", "adaptive": "1.0"}  # record tags of the sweep cifar_qat_bits (γ)
+
+
+def _qat_tag(bits: int | None, loading: str, prefix: str = "") -> str:
+    return prefix if bits is None else f"{prefix}--int{bits}--g{QAT_GAMMA[loading]}"
+
+
+def _bits_label(bits: int | None) -> str:
+    return "FP32" if bits is None else f"INT{bits}"
+
+
+def _adapter_bytes(records: list[dict[str, Any]], files: list[str]) -> str:
+    sizes = sorted({r["train_info"]["adapter_bytes"] for r in records if r["_file"] in files} - {None})
+    return " / ".join(f"{b:,}" for b in sizes) or "—"
+
+
+def _qat_stand_in(records: list[dict[str, Any]]) -> Section | None:
+    """The CPU runs of Table 7's protocol on the MiniLM SST-2 demo (Taylor K = 4, K' = 1 on query/value)."""
+    def runs(bits: int | None, loading: str) -> list[dict[str, Any]]:
+        return [r for r in records if r["run_info"]["experiment"] == "demo_sst2_minilm"
+                and r["run_info"]["method"] == "quantum_peft_taylor" and record_tag(r) == _qat_tag(bits, loading)]
+
+    if not any(runs(b, g) for b in BIT_COLUMNS[1:] for g in QAT_GAMMA):
+        return None
+    rows, files = [], []
+    for loading in QAT_GAMMA:
+        accs, sizes = [], []
+        for bits in BIT_COLUMNS:
+            found = runs(bits, loading)
+            files += [r["_file"] for r in found if r["_file"] not in files]
+            values = [v for v in (run_value(r, "val/acc", "best") for r in found) if v is not None]
+            accs.append(aggregate(values) if values else "—")
+            sizes.append(_adapter_bytes(found, [r["_file"] for r in found]))
+        rows += [[f"dev accuracy, {loading}", *accs], [f"adapter file bytes, {loading}", *sizes]]
+    return Section(
+        heading="CPU stand-in: all-MiniLM-L6-v2 on SST-2 (`make demo` protocol, 300 steps), Taylor K = 4, K' = 1 on "
+                "query/value (9,192 Lie parameters; the trained head, 770 floats, and λ stay FP32 in the file)",
+        header=["", *map(_bits_label, BIT_COLUMNS)], rows=rows,
+        notes=["Not the paper's setting. Runs: `python scripts/demo.py --methods quantum_peft_taylor method.quant_bits=B "
+               "method.quant_gamma=G method.save_quantized=true record_tag=--intB--gG` (FP32: the demo's own run).",
+               "Records: " + ", ".join(f"`{f}`" for f in files) + "."])
+
+
+def table7(records: list[dict[str, Any]]) -> Document:
+    """QAT of the Lie parameters: bits per parameter (paper / ``counting``), accuracy with uniform and adaptive
+    bit loading (paper / ours, Table 7's rule) and the packed adapter's size, one column per bit width."""
+    rule = rule_for("7")
+    bits_row = ["bits per parameter (paper / ours)"] + [
+        f"{TABLE7_BITS[b]:g} / {stored_bits_per_parameter(b):g}" for b in BIT_COLUMNS]
+    adaptive_bits_row = ["bits per parameter, adaptive (ours)"] + [
+        f"{stored_bits_per_parameter(b, adaptive=True):.4g}" for b in BIT_COLUMNS]
+    rows, provenance = [bits_row, adaptive_bits_row], []
+    for loading in QAT_GAMMA:
+        accs, sizes = [], []
+        for bits in BIT_COLUMNS:
+            cell = select_cell(records, rule, "cifar10_vit", "quantum_peft_taylor", _qat_tag(bits, loading, "--k3"))
+            accs.append(f"{TABLE7_ACC[loading][bits]:.2f} / {cell.text() if cell else '— (no run)'}")
+            sizes.append(_adapter_bytes(records, cell.files) if cell else "—")
+            if cell and (bits is not None or loading == "uniform"):
+                provenance.append(f"- {_bits_label(bits)} {loading}: {cell.provenance()}")
+        rows += [[f"accuracy, {loading} bit loading (paper / ours)", *accs], [f"adapter file bytes, {loading} (ours)", *sizes]]
+    notes = _vit_notes("7", "python run.py --multirun +experiment=cifar10_vit model=vit_b16 method=quantum_peft_taylor "
+                       "+sweep=cifar_qat_bits (FP32: Table 8's K'=3 run)")
+    notes.append("Bits per parameter: ours from `qpeft.counting.stored_bits_per_parameter` (B + 32/G, G = 128; adaptive "
+                 "bit loading stores 4/G more for the per-group widths); adapter file bytes: the packed "
+                 "`adapter_model.safetensors` of the run (`qpeft.packing`). γ = 1 (log rule) is [I] (method.md §9).")
+    sections = [Section(header=["", *map(_bits_label, BIT_COLUMNS)], rows=rows, notes=notes + provenance)]
+    stand_in = _qat_stand_in(records)
+    if stand_in:
+        sections.append(stand_in)
+    return Document("Table 7: QAT of the Lie parameters, Taylor on ViT-B/16 (FP32 base), CIFAR-10 (paper / ours)",
+                    sections)
+
+
 def table8(records: list[dict[str, Any]]) -> Document:
     """Taylor K = 16, intrinsic rank K' = 1..8: paper / ours (Table 8's rule)."""
     rows = [(f"K'={k}", ("quantum_peft_taylor", f"--k{k}"), f"{TABLE8_PARAMS[k]:.3f}M", TABLE8_ACC[k])
@@ -417,6 +493,7 @@ def main() -> None:
         "table4_e2e_cost": table4(args.results / "bench"),
         "table5_mistral_glue": table5(records),
         "table6_cifar10_vit": table6(records),
+        "table7_qat": table7(records),
         "table8_intrinsic_rank": table8(records),
         "table9_layers": table9(records),
         "counts": counts_table(),

@@ -305,6 +305,24 @@ def test_qat_reaches_every_node_and_a_step_trains_them(network: str) -> None:
     assert torch.isfinite(model(x)).all()
 
 
+@pytest.mark.parametrize("network", ["cp", "tucker", "trd"])
+def test_packed_save_reaches_the_nodes_and_reloads_bit_exactly(network: str, tmp_path) -> None:
+    """``save_pretrained(quantized=True)`` stores every node's B-bit codes (nested under the network mapping)."""
+    from qpeft.packing import FrozenQuantized
+
+    base, model = _model(network, dtype=torch.float32, quant_bits=2, quant_group_size=8)
+    _randomize(model)
+    with torch.no_grad():
+        expected = model(X.float())
+    model.save_pretrained(tmp_path, quantized=True)
+    loaded = QPeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    frozen = [m for m in loaded.modules() if isinstance(m, FrozenQuantized)]
+    nodes = [n for _, layer in loaded.qpeft_layers() for m in layer.mappings() for n in m.nodes]
+    assert len(frozen) == len(nodes) > 0
+    with torch.no_grad():
+        assert torch.equal(loaded(X.float()), expected)
+
+
 @pytest.mark.parametrize("network", ["cp", "tucker", "htd", "trd"])
 def test_batched_build_equals_per_layer(network: str) -> None:
     """Both layers' U (60 x 4 from lin1, ...) share a batch key: one batched call per node slot, same values and grads."""

@@ -28,22 +28,26 @@ def groups_of(x: torch.Tensor, size: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("shape, size", [((1000,), 128), ((7, 13), 16), ((3, 4), 128)])
 def test_error_bound_and_grid(bits: int, shape: tuple[int, ...], size: int) -> None:
+    """The grid is z + k·s with FP16 z = fp16(min) and s = fp16((max − z)/L); the error is s/2 plus that rounding."""
     x = torch.randn(shape, dtype=torch.float64) * torch.rand(shape, dtype=torch.float64) * 3
     q = quantize_groups(x, bits, size)
     assert q.shape == x.shape and q.dtype == x.dtype
+    levels = 2**bits - 1
     for xg, qg in zip(groups_of(x, size), groups_of(q, size)):  # the last group is partial
-        scale = (xg.max() - xg.min()) / (2**bits - 1)
-        assert (qg - xg).abs().max() <= scale / 2 * (1 + 1e-9)
+        zero = xg.min().half().double()
+        scale = ((xg.max() - zero) / levels).half().double()
+        rounding = levels * scale * 2**-10 + (zero - xg.min()).abs()
+        assert (qg - xg).abs().max() <= scale / 2 + rounding + 1e-12
         assert qg.unique().numel() <= 2**bits
-        assert torch.isclose(qg.min(), xg.min()) and torch.isclose(qg.max(), xg.max())
-        steps = (qg - xg.min()) / scale
-        assert torch.allclose(steps, steps.round(), atol=1e-6)
+        assert qg.min() == zero and (qg.max() - xg.max()).abs() <= scale / 2 + rounding + 1e-12
+        steps = (qg - zero) / scale
+        assert torch.equal(steps, steps.round()) and steps.max() <= levels
 
 
 def test_zero_bits_prunes_and_constant_groups_are_exact() -> None:
     x = torch.cat([torch.randn(8), torch.full((8,), 2.5), torch.randn(3)])
     q = quantize_groups(x, torch.tensor([0, 4, 4]), 8)
-    assert torch.equal(q[:8], torch.full((8,), x[:8].min().item()))
+    assert torch.equal(q[:8], torch.full((8,), x[:8].min().half().item()))  # the group collapses to its FP16 zero
     assert torch.equal(q[8:16], x[8:16])
     with pytest.raises(ValueError, match="bits"):
         quantize_groups(x, torch.tensor([1, 2]), 8)

@@ -22,15 +22,18 @@ def test_error_bound_per_group(bits: int) -> None:
     flat, fq = w.reshape(-1), q.reshape(-1)
     for start in range(0, flat.numel(), 128):
         g, gq = flat[start:start + 128], fq[start:start + 128]
-        step = (g.max() - g.min()) / (2**bits - 1)
-        assert (g - gq).abs().max() <= step / 2 * (1 + 1e-5) + 1e-7
-        assert gq.unique().numel() <= 2**bits  # at most 2^B levels per group
-        # stored with FP16 scale and zero: at most |z - z16| + (2^B - 1)|s - s16| more (the top level's clip)
-        s16, z16 = step.half().float(), g.min().half().float()
         levels = 2**bits - 1
-        q16 = torch.round((g - z16) / s16).clamp(0, levels) * s16 + z16 if step > 0 else z16.expand_as(g)
+        # scale and zero are FP16 (in QAT and on disk): z16 = fp16(min), s16 = fp16((max - z16) / L)
+        z16 = g.min().half().float()
+        s16 = ((g.max() - z16) / levels).half().float()
+        assert gq.unique().numel() <= 2**bits  # at most 2^B levels per group
+        steps = (gq - z16) / s16
+        assert torch.allclose(steps, steps.round(), atol=1e-3) and gq.min() == z16
+        # at most |z - z16| + L|s - s16| more than s/2 (the top level's clip)
+        step = (g.max() - z16) / levels
         bound = s16 / 2 + (g.min() - z16).abs() + levels * (step - s16).abs()
-        assert (g - q16).abs().max() <= bound * (1 + 1e-5) + 1e-7
+        assert (g - gq).abs().max() <= bound * (1 + 1e-5) + 1e-7
+
 
 def test_every_parameter_of_the_base_is_rounded_head_included() -> None:
     torch.manual_seed(0)

@@ -46,3 +46,20 @@ def test_tables_6_8_9(tmp_path: Path) -> None:
     other = (tables / "other_runs.md").read_text()
     assert "vit_b16 |" in other and lora not in other and taylor not in other
     assert (tables / "table9_layers.tex").read_text().count(r"\toprule") == 1
+
+
+def test_table7_columns_by_bits_and_loading(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    fp32 = _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3", "vit_b16", [0.98, 0.9881], 110_688)
+    int2 = _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3--int2--g1.0", "vit_b16", [0.9877], 110_688)
+    _write(raw, "cifar10_vit", "quantum_peft_taylor", "--k3--int2--g1.0", "vit_b16_3bit", [0.5], 110_688)  # 3-bit base
+    demo = _write(raw, "demo_sst2_minilm", "quantum_peft_taylor", "--int1--g0.0", "minilm", [0.8], 10_010)
+    subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    t7 = (tmp_path / "tables" / "table7_qat.md").read_text()
+    assert "| bits per parameter (paper / ours) | 32 / 32 | 8.25 / 8.25 | 4.25 / 4.25 | 3.25 / 3.25 | 2.25 / 2.25 | 1.25 / 1.25 |" in t7
+    assert ("| accuracy, adaptive bit loading (paper / ours) | 98.81 / 98.81 (n=1, lr=0.001) | 98.78 / — (no run) | "
+            "98.87 / — (no run) | 98.80 / — (no run) | 98.77 / 98.77 (n=1, lr=0.001) | 98.64 / — (no run) |") in t7
+    assert "| accuracy, uniform bit loading (paper / ours) | 98.81 / 98.81 (n=1, lr=0.001) | 98.79 / — (no run) |" in t7
+    assert fp32 in t7 and int2 in t7 and "vit_b16_3bit" not in t7
+    assert "| dev accuracy, uniform | — | — | — | — | — | 80.00 (n=1) |" in t7 and demo in t7  # the CPU stand-in
