@@ -240,6 +240,7 @@ def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
         modules_to_save=OmegaConf.to_container(model_cfg.head_modules, resolve=True), bias=opts["bias"],
         quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"], quant_gamma=opts["quant_gamma"],
         quant_rule=opts["quant_rule"],
+        network=opts["network"], network_options=opts["network_options"], nonlinearity=opts["nonlinearity"],
     )
 
 

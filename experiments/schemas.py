@@ -188,6 +188,9 @@ class QuantumPeftMethodConfig(MethodConfig):
     quant_gamma: float = _f(0.0, "Adaptive bit loading exponent γ (0 = uniform; method.md §9).")
     quant_rule: str = _f("log", "Adaptive bit loading rule: log (B_g = B + γ log2(r_g/r̄)) | power (B_g = B (r_g/r̄)^γ).")
     save_quantized: bool = _f(False, "Save the adapter packed: B-bit codes + FP16 scale/zero per group (needs quant_bits).")
+    network: str = _f("ttd", "Tensor network of U, V (Table 10): ttd (plain U diag(λ) Vᵀ) | cp | tucker | htd | trd; the mapping builds its nodes.")
+    network_options: dict = _f({}, "Network options: fold, factors, mode_ranks (tucker), leaf_rank (htd).")
+    nonlinearity: Optional[str] = _f(None, "Outer nonlinearity of A.2: null | tanh (ΔW = (α/K)·tanh(U C Vᵀ)).")
     unitarity_tolerance: Optional[float] = _f(1e-3, "Warn once per factor whose ‖UᵀU − I‖_F exceeds this (null: never).")
     unitarity_check_every: int = _f(100, "Training steps between two unitarity checks (0: at evaluations only).")
 

@@ -20,6 +20,14 @@ ALL_LINEAR = "all-linear"
 BIAS_CHOICES = ("none", "all")
 QUANT_BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8)
 #: peft's ``TaskType`` values (kept here so that ``qpeft`` never has to import peft).
+#: Tensor networks of Table 10 (paper A.3) and the adapter core each one closes with (qpeft.unitary.network).
+NETWORKS = ("ttd", "cp", "tucker", "htd", "trd")
+NETWORK_ALIASES = {"mps": "ttd", "td": "tucker", "ttn": "htd"}
+NETWORK_CORES = {"ttd": "diagonal", "cp": "diagonal", "htd": "diagonal", "tucker": "dense", "trd": "ring"}
+#: network_options each network accepts (ttd has no fold: its U, V come straight from the mapping).
+NETWORK_OPTIONS = {"ttd": (), "cp": ("fold", "factors"), "trd": ("fold", "factors"),
+                   "tucker": ("fold", "factors", "mode_ranks"), "htd": ("fold", "factors", "leaf_rank")}
+NONLINEARITIES = (None, "tanh")
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 
 
@@ -84,7 +92,10 @@ class QPeftConfig:
     r"""Configuration of a Quantum-PEFT adapter, :math:`\Delta W = \tfrac{\alpha}{K} U\,\mathrm{diag}(\lambda)\,V^\top`.
 
     ``U`` (``out x K``) and ``V`` (``in x K``) come from unitary mappings (``qpeft.unitary``);
-    ``λ`` starts at zero so the adapted model equals the base model at initialisation.
+    ``λ`` starts at zero so the adapted model equals the base model at initialisation.  With ``network``
+    other than ``ttd`` U and V are tensor networks of unitary nodes (``qpeft.unitary.network``) and the core
+    ``C`` between them is diagonal (cp, htd), dense ``K x K`` (tucker) or a ring of ``R = √K`` entries (trd):
+    :math:`\Delta W = \tfrac{\alpha}{K}\,\sigma_o(U C V^\top)` with ``σ_o`` the identity or ``tanh``.
     """
 
     target_modules: list[str] | str | None = field(
@@ -142,6 +153,22 @@ class QPeftConfig:
     alpha_pattern: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Module-name regex (matched as a suffix, as in peft) -> alpha."}
     )
+    network: str = field(
+        default="ttd",
+        metadata={"help": f"Tensor network of U and V (paper A.3, Table 10): one of {NETWORKS} (aliases "
+                  f"{NETWORK_ALIASES}). ttd: U diag(λ) Vᵀ from the mappings; cp/tucker/htd/trd fold each side and build "
+                  "it from unitary nodes of `mapping` (qpeft.unitary.network)."},
+    )
+    network_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Options of the network: fold (d, default 2), factors (a list, or a list of lists, one per "
+                  "side size), mode_ranks (tucker), leaf_rank (htd)."},
+    )
+    nonlinearity: str | None = field(
+        default=None,
+        metadata={"help": f"Outer nonlinearity σ_o of A.2: one of {NONLINEARITIES}; 'tanh' gives ΔW = (α/K)·tanh(U C Vᵀ) "
+                  "(dense forward x ΔWᵀ; no exact LoRA export)."},
+    )
     task_type: str | None = field(default=None, metadata={"help": f"peft's task type: one of {TASK_TYPES} or None."})
     inference_mode: bool = field(
         default=False, metadata={"help": "Adapter tensors frozen (set when loaded for inference)."}
@@ -187,7 +214,7 @@ class QPeftConfig:
         self.mapping_options = dict(self.mapping_options)
         if self.mapping_options_v is not None:
             self.mapping_options_v = dict(self.mapping_options_v)
-        for side, name, options in self.factor_specs():
+        for side, name, options in self._mapping_specs():
             cls = mapping_class(name)  # raises with the list of mappings
             unknown = sorted(set(options) - set(cls.option_names()))
             if unknown:
@@ -196,6 +223,59 @@ class QPeftConfig:
                     f"{unknown} for mapping {name!r}; allowed options: {sorted(cls.option_names())}"
                 )
         self._check_peft_fields()
+        self._check_network()
+
+    def _check_network(self) -> None:
+        """``network`` (aliases resolved), ``network_options`` (keys of that network), ``nonlinearity``, and the
+        rank constraints that need no layer shape (trd: K = R²; cp with explicit factors: K <= min factor)."""
+        if isinstance(self.network, str):
+            self.network = NETWORK_ALIASES.get(self.network.lower(), self.network.lower())
+        _choice("network", self.network, NETWORKS)
+        if not isinstance(self.network_options, dict):
+            raise ValueError(f"QPeftConfig.network_options={self.network_options!r} is invalid; allowed values: a dict "
+                             f"with keys {list(NETWORK_OPTIONS[self.network])}")
+        self.network_options = dict(self.network_options)
+        allowed = NETWORK_OPTIONS[self.network]
+        unknown = sorted(set(self.network_options) - set(allowed))
+        if unknown:
+            raise ValueError(f"QPeftConfig.network_options has unknown option(s) {unknown} for network "
+                             f"{self.network!r}; allowed options: {list(allowed)}")
+        for key in ("fold", "leaf_rank"):
+            value = self.network_options.get(key)
+            if value is not None and not (_is_int(value) and value >= (2 if key == "fold" else 1)):
+                raise ValueError(f"QPeftConfig.network_options[{key!r}]={value!r} is invalid; allowed values: None or "
+                                 f"an integer >= {2 if key == 'fold' else 1}")
+        _choice("nonlinearity", self.nonlinearity, NONLINEARITIES)
+        ranks = sorted({self.rank, *self.rank_pattern.values()})
+        for rank in ranks:
+            if self.network == "trd" and math.isqrt(rank) ** 2 != rank:
+                raise ValueError(f"QPeftConfig.rank={rank} is invalid for network 'trd'; allowed values: squares R² "
+                                 "(the ring bond R; λ has R entries)")
+            factors = self.network_options.get("factors")
+            if self.network == "cp" and isinstance(factors, (list, tuple)) and factors and all(
+                    _is_int(f) for f in factors) and rank > min(factors):
+                raise ValueError(f"QPeftConfig.rank={rank} is invalid for network 'cp' with network_options factors="
+                                 f"{list(factors)}; allowed values: rank <= {min(factors)} (each node is St(n_j, K))")
+
+    def _mapping_specs(self) -> tuple[tuple[str, str, dict[str, Any]], tuple[str, str, dict[str, Any]]]:
+        """The node mappings of U and V (the plain mappings for ttd), V defaults resolved."""
+        mapping_v = self.mapping_v or self.mapping
+        options_v = self.mapping_options if self.mapping_options_v is None else self.mapping_options_v
+        if self.mapping_v is not None and self.mapping_v != self.mapping and self.mapping_options_v is None:
+            options_v = {}
+        return ("u", self.mapping, dict(self.mapping_options)), ("v", mapping_v, dict(options_v))
+
+    @property
+    def core(self) -> str:
+        """The adapter's core between U and V: ``diagonal`` (λ, K entries), ``dense`` (K x K) or ``ring`` (R entries)."""
+        return NETWORK_CORES[self.network]
+
+    def core_shape(self, rank: int | None = None) -> tuple[int, ...]:
+        """Shape of one slice's core at rank ``K`` (default the config's): ``(K,)``, ``(K, K)`` or ``(R,)``."""
+        rank = rank or self.rank
+        if self.core == "dense":
+            return (rank, rank)
+        return (math.isqrt(rank),) if self.core == "ring" else (rank,)
 
     def _check_peft_fields(self) -> None:
         """The fields that mean what they mean in peft: targets, layers, patterns, task type, flags."""
@@ -246,12 +326,17 @@ class QPeftConfig:
         return False
 
     def factor_specs(self) -> tuple[tuple[str, str, dict[str, Any]], tuple[str, str, dict[str, Any]]]:
-        """``(("u", mapping, options), ("v", mapping, options))`` with the V defaults resolved."""
-        mapping_v = self.mapping_v or self.mapping
-        options_v = self.mapping_options if self.mapping_options_v is None else self.mapping_options_v
-        if self.mapping_v is not None and self.mapping_v != self.mapping and self.mapping_options_v is None:
-            options_v = {}
-        return ("u", self.mapping, dict(self.mapping_options)), ("v", mapping_v, dict(options_v))
+        """``(("u", mapping, options), ("v", mapping, options))`` with the V defaults resolved.
+
+        For a network other than ttd each side is that network's mapping (``qpeft.unitary.network``) with
+        ``{"node": mapping, "node_options": mapping options, **network_options}``.
+        """
+        specs = self._mapping_specs()
+        if self.network == "ttd":
+            return specs
+        (_, map_u, opt_u), (_, map_v, opt_v) = specs
+        return (("u", self.network, {"node": map_u, "node_options": opt_u, **self.network_options}),
+                ("v", self.network, {"node": map_v, "node_options": opt_v, **self.network_options}))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,7 +1,8 @@
 r"""Closed-form trainable-parameter counts: per mapping, per adapted module, per model, and the paper's tables.
 
 Per module (method.md §7): :math:`p_U(N_o/S, K) + p_V(N_i, K) + K` for each of the ``S`` adapted
-slices.  ``model_count`` walks a model's shapes (no adapter is built) and equals the real ``numel``
+slices (a tensor network: its side mappings' counts and its core, :math:`K`, :math:`K^2` or :math:`R`;
+``table10_counts`` gives Table 10's networks at ViT-B/16 Q, V).  ``model_count`` walks a model's shapes (no adapter is built) and equals the real ``numel``
 of the injected model; ``tests/test_counting.py`` checks that.
 
 ``candidate_report`` lists, for the printed Pauli counts that no construction of ours reproduces
@@ -37,7 +38,7 @@ def module_count(out_features: int, in_features: int, config: QPeftConfig, slice
     per_slice = (
         count_mapping_parameters(map_u, part_out, rank, **opt_u)
         + count_mapping_parameters(map_v, in_features, rank, **opt_v)
-        + rank
+        + math.prod(config.core_shape(rank))  # the core: K (diagonal λ), K² (tucker's dense G) or R (trd's ring)
     )
     return n_slices * per_slice
 
@@ -220,4 +221,49 @@ def candidate_report(layers: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)) -> list
                             "in_range": printed.lo <= total < printed.hi,
                         }
                     )
+    return rows
+
+
+# ---------------------------------------------------------------- Table 10 (tensor networks, paper A.3)
+#: (column of Table 10, network, printed count), in the paper's order.
+TABLE10 = (("CP", "cp", "0.074M"), ("TRD", "trd", "0.147M"), ("HTD (TTN)", "htd", "0.026M"),
+           ("TD", "tucker", "0.074M"), ("TTD (MPS)", "ttd", "0.111M"))
+TABLE10_CONSTRUCTIONS = {
+    "cp": "Khatri-Rao U = A1 ⊙ A2, A_j ∈ St(n_j, K); diagonal λ (K)",
+    "trd": "ring: G1 ∈ St(n1, R²), G2 ∈ St(R·n2, R) per side, K = R²; ring λ (R) on the closing bond",
+    "htd": "U = (A1 ⊗ A2) B, A_j ∈ St(n_j, k), B ∈ St(k², K), k² >= K; diagonal λ (K)",
+    "tucker": "Kronecker U = A1 ⊗ A2, A_j ∈ St(n_j, k_j), k1·k2 = K; dense core G (K²)",
+    "ttd": "plain U diag(λ) Vᵀ, U, V ∈ St(768, K) from the node mapping (the 2-mode canonical form)",
+}
+#: The settings of conf/method/quantum_peft_tn_*.yaml: (rank K, Taylor intrinsic rank K' or None = every
+#: node's full Stiefel count, network_options).  Chosen for counts of the paper's order, not fitted (method.md §11.3).
+TABLE10_METHODS = {"cp": (16, None, {}), "trd": (16, None, {}), "htd": (16, None, {}), "tucker": (16, None, {}),
+                   "ttd": (16, 3, {})}
+
+
+def table10_counts(rank: int = 16, intrinsic_rank: int | None = 1, network_options: dict | None = None,
+                   settings: dict[str, tuple[int, int | None, dict]] | None = None) -> list[dict]:
+    """Each Table 10 network's trainable count at ViT-B/16 Q, V (24 matrices of 768 x 768), beside the printed one.
+
+    Taylor nodes (order 18) with intrinsic rank ``intrinsic_rank`` (``None``: K' = the node's column count;
+    an integer is capped at each node's column count), rank ``K = rank`` (trd: ``K = R²``, so ``rank`` must be a
+    square), sides folded as ``network_options`` says (default: 768 = 24 x 32); ``settings`` maps a network
+    to its own ``(rank, intrinsic_rank, network_options)`` (e.g. :data:`TABLE10_METHODS`).  Rows: column,
+    network, construction (:data:`TABLE10_CONSTRUCTIONS`), K, K', count, printed, ``rounds_to_printed``.
+
+    Only TTD reproduces its printed count (K = 16, K' = 3: 24·(2·(768·3 − 6) + 16) = 110,688 → 0.111M); the
+    paper's K, K' and fold of the others are lost ([U], method.md §11.3), so theirs are what this construction
+    counts, never fitted to the printed values.
+    """
+    rows = []
+    for column, network, printed in TABLE10:
+        k, kp, options = (settings or {}).get(network, (rank, intrinsic_rank, network_options or {}))
+        config = QPeftConfig(target_modules=["query", "value"], rank=k, mapping="taylor",
+                             mapping_options={"order": 18} | ({} if kp is None else {"intrinsic_rank": kp}),
+                             network=network, network_options={} if network == "ttd" else dict(options))
+        total = sum(module_count(o, i, config) for o, i in vit_b16_qv_shapes())
+        value = float(printed.rstrip("M")) * 1e6
+        rows.append({"table": "Table 10", "column": column, "network": network,
+                     "construction": TABLE10_CONSTRUCTIONS[network], "K": k, "K'": kp, "count": total,
+                     "printed": printed, "rounds_to_printed": value - 500 <= total < value + 500})
     return rows

@@ -109,5 +109,8 @@ def _hint(mapping: object) -> str:
         return (f" ({name}, order {mapping.order}, ‖S‖₂ = {norm:.3g}: the truncated series is inaccurate at this "
                 f"norm; mapping '{exact}' is exact at every norm with the same parameters, or lower the learning rate)")
     if any(isinstance(m, TaylorMapping) for m in mapping.modules()):
-        return f" ({name} with taylor blocks: block 'exp' is exact at every norm)"
+        from qpeft.unitary.network import NetworkMap
+
+        part = "node" if isinstance(mapping, NetworkMap) else "block"  # a tensor network's option is `node`
+        return f" ({name} with taylor {part}s: {part} 'exp' is exact at every norm)"
     return f" ({name})"

@@ -1,5 +1,9 @@
 r"""Adapter layers: ``y = base(x) + \tfrac{\alpha}{K}\,((x V) \odot \lambda)\,U^\top``.
 
+Tensor networks (``QPeftConfig.network``) change only the factors (built by ``qpeft.unitary.network``) and
+the core between them: ``y = base(x) + (α/K)·((x V) Cᵀ) Uᵀ`` with ``C`` diagonal, dense or a ring; with an
+outer ``tanh`` the update is dense, ``y = base(x) + x ΔWᵀ``.
+
 One wrapper serves ``nn.Linear``, transformers' GPT-2 ``Conv1D`` (weight stored ``(in, out)``) and
 bitsandbytes ``Linear4bit``.  A fused projection (GPT-2 ``c_attn``) can be adapted on some of its
 equal output slices only; each slice gets its own ``U``, ``V`` and ``λ``, and the slices are packed
@@ -94,7 +98,11 @@ class LayerFactors:
 
 class QPeftAdapter(nn.Module):
     """One named adapter of one layer: ``qpeft_u[i]``/``qpeft_v[i]`` map the intrinsic parameters of slice ``i``
-    to ``U_i``/``V_i``, and ``qpeft_lambda`` (``slices x K``) starts at zero, so the layer equals its base exactly.
+    to ``U_i``/``V_i``, and the core ``qpeft_lambda`` starts at zero, so the layer equals its base exactly.
+
+    The core is ``config.core``: ``diagonal`` λ (``slices x K``; ttd, cp, htd), ``dense`` G (``slices x K x K``;
+    tucker) or ``ring`` λ (``slices x R``, ``K = R²``; trd, expanded to the ``R²`` columns ``(c, a)`` as ``λ_a``).
+    ``nonlinearity="tanh"`` gives ``ΔW = (α/K)·tanh(U C Vᵀ)`` and a dense forward ``x ΔWᵀ``.
     """
 
     def __init__(self, out_features: int, in_features: int, config: QPeftConfig, slices: list[int] | None,
@@ -113,7 +121,10 @@ class QPeftAdapter(nn.Module):
         (_, map_u, opt_u), (_, map_v, opt_v) = config.factor_specs()
         self.qpeft_u = nn.ModuleList(build_mapping(map_u, self.part_out, rank, **opt_u) for _ in self.slices)
         self.qpeft_v = nn.ModuleList(build_mapping(map_v, in_features, rank, **opt_v) for _ in self.slices)
-        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), rank))
+        self.core = config.core  # diagonal | dense | ring (qpeft.config.NETWORK_CORES)
+        self.nonlinearity = config.nonlinearity
+        # the core starts at zero, so the layer equals its base exactly (tanh(0) = 0 too)
+        self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), *config.core_shape(rank)))
         self.qpeft_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.quant_bits is not None:
             self._register_qat(config)
@@ -122,11 +133,14 @@ class QPeftAdapter(nn.Module):
         self.to(device)
 
     def _register_qat(self, config: QPeftConfig) -> None:
+        """Fake-quantize every trainable float parameter of every mapping, nested nodes included (networks)."""
         for mapping in self.mappings():
-            for name, param in list(mapping.named_parameters(recurse=False)):
-                if param.requires_grad:
-                    fq = FakeQuantize(config.quant_bits, config.quant_group_size, config.quant_gamma, config.quant_rule)
-                    parametrize.register_parametrization(mapping, name, fq)
+            targets = [(module, name) for module in mapping.modules()
+                       for name, param in module.named_parameters(recurse=False)
+                       if param.requires_grad and param.is_floating_point()]
+            for module, name in targets:
+                fq = FakeQuantize(config.quant_bits, config.quant_group_size, config.quant_gamma, config.quant_rule)
+                parametrize.register_parametrization(module, name, fq)
 
     def mappings(self) -> list[StiefelMap]:
         return [*self.qpeft_u, *self.qpeft_v]
@@ -148,9 +162,52 @@ class QPeftAdapter(nn.Module):
         blocks = torch.block_diag(*us)  # (S·part_out) x (S·K)
         return u_big.index_copy(0, self.row_index, blocks), v_big
 
+    def column_scale(self) -> torch.Tensor:
+        """``(S·K,)``: the diagonal of a diagonal or ring core (ring: ``λ_a`` on columns ``(c, a)``), times ``α/K``
+        unless a nonlinearity follows (then unscaled)."""
+        lam = self.qpeft_lambda
+        if self.core == "ring":  # column (c, a) = c·R + a carries λ_a: λ tiled R times
+            lam = lam.repeat(1, lam.shape[-1])
+        scale = 1.0 if self.nonlinearity else self.scaling
+        return lam.reshape(-1) * scale
+
+    def core_matrix(self) -> torch.Tensor:
+        """``(S·K, S·K)``: the block-diagonal dense cores ``G_s`` of the slices, times ``α/K`` unless a nonlinearity
+        follows."""
+        blocks = self.qpeft_lambda.unbind(0)
+        core = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
+        return core if self.nonlinearity else core * self.scaling
+
+    def low_rank_factors(self, u_big: torch.Tensor, v_big: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, A)`` with ``B A = (α/K) U C Vᵀ`` (``B = (α/K) U C``, ``A = Vᵀ``); only without a nonlinearity."""
+        if self.nonlinearity:
+            raise ValueError(f"nonlinearity={self.nonlinearity!r}: ΔW = (α/K)·{self.nonlinearity}(U C Vᵀ) is not a "
+                             "low-rank product, so it has no exact LoRA form (save it without as_lora, or merge it)")
+        b = u_big @ self.core_matrix() if self.core == "dense" else u_big * self.column_scale()
+        return b, v_big.T
+
     def update(self, u_big: torch.Tensor, v_big: torch.Tensor) -> torch.Tensor:
-        """``ΔW = (α/K) U diag(λ) Vᵀ`` (``out x in``) from assembled factors."""
-        return (u_big * (self.qpeft_lambda.reshape(-1) * self.scaling)) @ v_big.T
+        """``ΔW = (α/K) σ(U C Vᵀ)`` (``out x in``) from assembled factors (``C = diag(λ)`` for a diagonal core)."""
+        if self.core == "dense":
+            inner = (u_big @ self.core_matrix()) @ v_big.T
+        else:
+            inner = (u_big * self.column_scale()) @ v_big.T
+        if self.nonlinearity == "tanh":
+            return torch.tanh(inner) * self.scaling
+        return inner
+
+    def adapt(self, x: torch.Tensor, u_big: torch.Tensor, v_big: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The adapter's output ``x ΔWᵀ`` (dropout applied to ``x``) in ``dtype``: two skinny matmuls around the
+        core, or the dense ``x ΔWᵀ`` when a nonlinearity makes ΔW full rank."""
+        x = self.qpeft_dropout(x).to(dtype)
+        if self.nonlinearity:
+            return x @ self.update(u_big, v_big).to(dtype).T
+        h = x @ v_big.to(dtype)
+        if self.core == "dense":
+            h = h @ self.core_matrix().to(dtype).T  # x V Gᵀ Uᵀ = x (U G Vᵀ)ᵀ
+        else:
+            h = h * self.column_scale().to(dtype)
+        return h @ u_big.to(dtype).T
 
 
 def _active(attribute: str) -> property:
@@ -324,12 +381,9 @@ class QPeftLayer(nn.Module):
             return result
         if self.kind == "linear4bit":
             result = result.clone()  # bnb may return a view of an internal buffer
-        adapter = self.adapter
         u_big, v_big = self.factors()
         dtype = result.dtype if torch.is_floating_point(result) else u_big.dtype
-        h = adapter.qpeft_dropout(x).to(dtype) @ v_big.to(dtype)
-        h = h * (adapter.qpeft_lambda.reshape(-1) * adapter.scaling).to(dtype)
-        return result + h @ u_big.to(dtype).T
+        return result + self.adapter.adapt(x, u_big, v_big, dtype)
 
     # ---------------------------------------------------------------- merge
     def _base_weight(self) -> torch.Tensor:
@@ -369,7 +423,9 @@ class QPeftLayer(nn.Module):
             if self.kind == "linear4bit" and warn_4bit:
                 warnings.warn(MERGE_4BIT_WARNING.format(n=1), stacklevel=2)
             with torch.no_grad():
-                merged = self._base_weight().float() + self.delta_weight(name).float()
+                base = self._base_weight()
+                dtype = torch.promote_types(base.dtype, torch.float32)  # float32 or wider: float64 bases stay exact
+                merged = base.to(dtype) + self.delta_weight(name).to(dtype)
                 if safe_merge and not torch.isfinite(merged).all():
                     raise ValueError(f"NaN or inf in the merged weight; adapter {name!r} is broken, not merging")
                 self._set_base_weight(merged)
@@ -383,10 +439,13 @@ class QPeftLayer(nn.Module):
         with torch.no_grad():
             while self.merged_adapters:
                 name = self.merged_adapters.pop()
-                self._set_base_weight(self._base_weight().float() - self.delta_weight(name).float())
+                base = self._base_weight()
+                dtype = torch.promote_types(base.dtype, torch.float32)
+                self._set_base_weight(base.to(dtype) - self.delta_weight(name).to(dtype))
 
     def extra_repr(self) -> str:
-        adapters = {n: f"K={a.rank}, slices={a.slices}/{a.num_parts}" for n, a in self.qpeft_adapters.items()}
+        adapters = {n: f"K={a.rank}, slices={a.slices}/{a.num_parts}, core={a.core}"
+                    + (f", nonlinearity={a.nonlinearity}" if a.nonlinearity else "") for n, a in self.qpeft_adapters.items()}
         return f"kind={self.kind}, active={self.active_adapter!r}, adapters={adapters}"
 
 

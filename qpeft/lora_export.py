@@ -8,7 +8,8 @@ Per adapted layer, with the slices' factors packed as in the forward pass (``U_b
           A = V_{big}^\top \;(S K \times in),
 
 a peft LoRA of rank ``r = S·K`` with ``lora_alpha = r`` (scaling 1; per-layer values go to ``rank_pattern`` /
-``alpha_pattern``).  peft's LoRA cannot target some output slices of a fused layer, so a fused GPT-2
+``alpha_pattern``).  A tensor-network core ``C`` (``QPeftConfig.network``) replaces ``diag(λ)``:
+``B = (α/K)·U_big·C`` is still exact; an adapter with a ``nonlinearity`` has no LoRA form and is refused.  peft's LoRA cannot target some output slices of a fused layer, so a fused GPT-2
 ``c_attn`` adapted on Q and V becomes a full-width LoRA of rank ``2K`` whose ``B`` is zero in the K rows
 (exact all the same).  GPT-2 ``Conv1D`` bases keep ``A``/``B`` in this layout with ``fan_in_fan_out=True``:
 peft transposes ``BA`` itself.  Trained heads (``modules_to_save``) and, with ``bias="all"``, biases are
@@ -34,10 +35,13 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def lora_factors(layer: QPeftLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, B)`` of one layer's adapter: ``A = V_bigᵀ`` (``S·K x in``), ``B = (α/K)·U_big·diag(λ)`` (``out x S·K``)."""
+    """``(A, B)`` of one layer's adapter: ``A = V_bigᵀ`` (``S·K x in``), ``B = (α/K)·U_big·C`` (``out x S·K``; ``C`` the
+    core: ``diag(λ)``, the ring's expanded ``diag(λ_a)`` or the block-diagonal dense ``G``).  ``ValueError`` for an
+    adapter with a nonlinearity (its ΔW is not a low-rank product)."""
     adapter = layer.qpeft_adapters[adapter_name]
     u_big, v_big = adapter.assemble(*adapter.build())
-    return v_big.T.contiguous(), (u_big * (adapter.qpeft_lambda.reshape(-1) * adapter.scaling)).contiguous()
+    b, a = adapter.low_rank_factors(u_big, v_big)
+    return a.contiguous(), b.contiguous()
 
 
 def lora_adapter(model: QPeftModel, adapter_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -91,6 +91,8 @@ def _add_adapter(module: nn.Module, config: QPeftConfig, slices: list[int] | Non
 
 def _advice(shape: tuple[int, int], config: QPeftConfig, fused: bool, rank: int | None = None) -> str:
     """What to change when a layer of ``shape`` (out x in) cannot be adapted: the rank, or the mapping."""
+    if config.network != "ttd":
+        return ""  # a tensor network's own error names its option (rank, fold, factors, ...)
     rank = rank or config.rank
     widths = (shape[0] // (config.fused_num_parts if fused else 1), shape[1])
     if rank > min(widths):
@@ -429,8 +431,9 @@ class QPeftModel(nn.Module):
 
         name = adapter_name or self.active_adapter
         config = self.peft_config[name]
-        (_, map_u, _), (_, map_v, _) = config.factor_specs()
+        (_, map_u, _), (_, map_v, _) = config._mapping_specs()  # a network's node mappings
         count = sum(v.numel() for v in self.adapter_state_dict(name).values())
+        nonlinearity = f", outer nonlinearity `{config.nonlinearity}`" if config.nonlinearity else ""
         if quantized:
             rule = f"adaptive bit loading γ = {config.quant_gamma:g} ({config.quant_rule})" if config.quant_gamma else "uniform"
             storage = (f"packed {config.quant_bits}-bit intrinsic parameters, FP16 scale and zero per group of "
@@ -443,6 +446,7 @@ Quantum-PEFT adapter (Koike-Akino et al., ICLR 2025) trained with `qpeft`:
 
 - base model: {config.base_model_name_or_path or "not recorded"}
 - mapping: U `{map_u}`, V `{map_v}`; rank K = {config.rank}, alpha = {config.alpha:g}
+- tensor network: `{config.network}` (core: {config.core}){nonlinearity}
 - target modules: `{config.target_modules}`; modules to save: `{config.modules_to_save}`
 - adapter tensors: {count:,d} parameters
 - storage: {storage}

@@ -3,7 +3,7 @@
 Importing this package registers every mapping; build one with ``build_mapping(name, n, k, **options)``.
 """
 
-from qpeft.unitary import diagonal, givens, householder, lie, node, pauli, qsd  # noqa: F401  (registration)
+from qpeft.unitary import diagonal, givens, householder, lie, network, node, pauli, qsd  # noqa: F401  (registration)
 from qpeft.unitary.base import (
     MAPPINGS,
     StiefelMap,
