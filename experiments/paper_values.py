@@ -51,6 +51,11 @@ TABLE7_BITS = {None: 32.0, 8: 8.25, 4: 4.25, 3: 3.25, 2: 2.25, 1: 1.25}
 TABLE7_ACC = {"uniform": {None: 98.81, 8: 98.79, 4: 98.78, 3: 98.75, 2: 98.67, 1: 97.96},
               "adaptive": {None: 98.81, 8: 98.78, 4: 98.87, 3: 98.80, 2: 98.77, 1: 98.64}}
 
+# Table 10: tensor networks (Taylor nodes), ViT-B/16 on CIFAR-10. Column -> (method config, params, accuracy %).
+TABLE10 = {"CP": ("quantum_peft_tn_cp", "0.074M", 98.53), "TRD": ("quantum_peft_tn_trd", "0.147M", 98.14),
+           "HTD (TTN)": ("quantum_peft_tn_htd", "0.026M", 98.11), "TD": ("quantum_peft_tn_tucker", "0.074M", 98.05),
+           "TTD (MPS)": ("quantum_peft_tn_ttd", "0.111M", 98.81)}
+
 # Table 6: ViT-B/16 on CIFAR-10 with a 3-bit base. Column -> (params, accuracy %) as printed.
 TABLE6 = {"Original": ("—", 76.21), "FT": ("85.81M", 98.05), "LoRA K=1": ("0.037M", 98.14),
           "LoRA K=2": ("0.074M", 98.30), "LoRA K=4": ("0.147M", 98.39), "Quantum-PEFT": ("0.007M", 98.46)}

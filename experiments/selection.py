@@ -99,6 +99,13 @@ RULES: dict[str, SelectionRule] = {
         tagged=(("quantum_peft_taylor", "--k3"),) + tuple(
             ("quantum_peft_taylor", f"--k3--int{b}--g{g}") for b in (8, 4, 3, 2, 1) for g in ("0.0", "1.0")),
     ),
+    "10": SelectionRule(
+        table="10", description="CIFAR-10, ViT-B/16, tensor-network Quantum-PEFT with Taylor nodes (CP, TRD, HTD, TD, "
+        "TTD; conf/method/quantum_peft_tn_*): each run's best evaluation (early stopping), one seed; on the FP32 base "
+        "[I]: TTD's printed 98.81% is Table 7's FP32 accuracy, whose base is not quantized",
+        experiments=("cifar10_vit",), model="vit_b16", metric={"cifar10_vit": "val/acc"}, epoch="best", seeds=(0,),
+        methods=tuple(f"quantum_peft_tn_{n}" for n in ("cp", "trd", "htd", "tucker", "ttd")), swept_protocols=(),
+    ),
     "8": SelectionRule(
         table="8", description="CIFAR-10, ViT-B/16, Taylor K = 16, intrinsic rank K' = 1..8 (sweep "
         "cifar_intrinsic_rank): each run's best evaluation (early stopping), one seed [I]; on the FP32 base "

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 LATEX_SYMBOLS = {"±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--", "−": r"$-$", "≥": r"$\geq$",
                  "≤": r"$\leq$", "≈": r"$\approx$", "‖": r"$\|$", "ᵀ": r"$^{\top}$", "′": "'", "…": r"\ldots{}",
                  "→": r"$\to$", "₂": r"$_2$", "⚠": "(!)", "Θ": r"$\Theta$", "λ": r"$\lambda$", "φ": r"$\varphi$",
-                 "α": r"$\alpha$", "σ": r"$\sigma$", "γ": r"$\gamma$", "§": r"\S{}", "·": r"$\cdot$", "’": "'"}
+                 "α": r"$\alpha$", "σ": r"$\sigma$", "γ": r"$\gamma$", "⊙": r"$\odot$",
+                 "⊗": r"$\otimes$", "∈": r"$\in$", "²": r"$^2$", "§": r"\S{}", "·": r"$\cdot$", "’": "'"}
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 

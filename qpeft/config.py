@@ -19,7 +19,6 @@ PEFT_TYPE = "QPEFT"
 ALL_LINEAR = "all-linear"
 BIAS_CHOICES = ("none", "all")
 QUANT_BIT_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8)
-#: peft's ``TaskType`` values (kept here so that ``qpeft`` never has to import peft).
 #: Tensor networks of Table 10 (paper A.3) and the adapter core each one closes with (qpeft.unitary.network).
 NETWORKS = ("ttd", "cp", "tucker", "htd", "trd")
 NETWORK_ALIASES = {"mps": "ttd", "td": "tucker", "ttn": "htd"}
@@ -28,6 +27,7 @@ NETWORK_CORES = {"ttd": "diagonal", "cp": "diagonal", "htd": "diagonal", "tucker
 NETWORK_OPTIONS = {"ttd": (), "cp": ("fold", "factors"), "trd": ("fold", "factors"),
                    "tucker": ("fold", "factors", "mode_ranks"), "htd": ("fold", "factors", "leaf_rank")}
 NONLINEARITIES = (None, "tanh")
+#: peft's ``TaskType`` values (kept here so that ``qpeft`` never has to import peft).
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
 
 

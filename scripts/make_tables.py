@@ -23,13 +23,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments.paper_values import (E2E_METRICS, E2E_SCALE, GLUE_TASKS, TABLE1, TABLE1_SHAPES, TABLE2,  # noqa: E402
                                       TABLE3, TABLE4, TABLE5, TABLE6, TABLE7_ACC, TABLE7_BITS, TABLE8_ACC,
-                                      TABLE8_PARAMS, TABLE9_ACC)
+                                      TABLE8_PARAMS, TABLE9_ACC, TABLE10)
 from experiments.records import is_note  # noqa: E402
 from experiments.selection import (RULES, Cell, SelectionRule, feeds, record_model, record_tag, rule_for,  # noqa: E402
                                   run_value, select_cell)
 from experiments.table_format import Document, Section  # noqa: E402
 from qpeft.counting import (candidate_report, lora_count, mistral_7b_shapes, stiefel_count,  # noqa: E402
-                            stored_bits_per_parameter, table5_candidates)
+                            stored_bits_per_parameter, table5_candidates, table10_counts,
+                            TABLE10_METHODS)
 from qpeft.io import atomic_write_text  # noqa: E402
 
 
@@ -372,6 +373,28 @@ def table8(records: list[dict[str, Any]]) -> Document:
         header=["K'", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body, notes=notes + provenance)])
 
 
+def table10(records: list[dict[str, Any]]) -> Document:
+    """Tensor networks: #params (paper / ours) and accuracy (paper / ours) per network (Table 10's rule), and the
+    construction each one builds with its closed-form count (``qpeft.counting.table10_counts``)."""
+    counts = {row["network"]: row for row in table10_counts(settings=TABLE10_METHODS)}
+    rows = [(column, (method, ""), params, acc) for column, (method, params, acc) in TABLE10.items()]
+    body, provenance = _vit_rows(records, "10", rows)
+    construction = [[row["column"], row["construction"], str(row["K"]), "full" if row["K'"] is None else str(row["K'"]),
+                     f"{row['count']:,}", row["printed"]] for row in counts.values()]
+    notes = _vit_notes("10", "python run.py +experiment=cifar10_vit model=vit_b16 method=quantum_peft_tn_<cp|trd|htd|"
+                       "tucker|ttd>")
+    return Document("Table 10: tensor networks with Taylor nodes, ViT-B/16 on CIFAR-10 (paper / ours)", [
+        Section(header=["network", "#params (paper / ours)", "accuracy (paper / ours)"], rows=body,
+                notes=notes + provenance),
+        Section(heading="What each network builds (conf/method/quantum_peft_tn_*.yaml), counted in closed form at "
+                        "ViT-B/16 Q, V (24 matrices of 768 x 768, sides folded 24 x 32)",
+                header=["network", "construction", "K", "node K'", "count", "printed"], rows=construction,
+                notes=["Only TTD's printed count is reproduced (K = 16, K' = 3: 110,688 → 0.111M, method.md §11.3); the "
+                       "paper's K, K' and fold of the others are lost [U], so their counts are this construction's, "
+                       "never fitted (qpeft.unitary.network)."]),
+    ])
+
+
 def table9(records: list[dict[str, Any]]) -> Document:
     """Pauli entangling layers L on a 2-bit base: paper / ours (Table 9's rule)."""
     rows = [(f"L={L}", ("quantum_peft_pad", f"--L{L}"), None, acc) for L, acc in sorted(TABLE9_ACC.items())]
@@ -496,6 +519,7 @@ def main() -> None:
         "table7_qat": table7(records),
         "table8_intrinsic_rank": table8(records),
         "table9_layers": table9(records),
+        "table10_tensor_networks": table10(records),
         "counts": counts_table(),
         "other_runs": other_runs(records),
         "fig6_mappings": mapping_bench_table(args.results / "bench" / "mappings.json"),

@@ -50,3 +50,14 @@ def test_table6_quantum_peft_rows(make_cfg) -> None:
 def test_full_ft_is_backbone_plus_ten_head_rows() -> None:
     model = meta_vit_b16()
     assert sum(p.numel() for p in model.parameters()) == 85_798_656 + 7_690
+
+
+@pytest.mark.parametrize("network", ["cp", "trd", "htd", "tucker", "ttd"])
+def test_table10_networks_count_what_counting_says(network: str, make_cfg) -> None:
+    """Each ``quantum_peft_tn_*`` config injected into ViT-B/16 has exactly ``counting.table10_counts``'s count."""
+    from qpeft.counting import TABLE10_METHODS, table10_counts
+
+    expected = {row["network"]: row["count"] for row in table10_counts(settings=TABLE10_METHODS)}
+    assert _trainable(make_cfg, "model=vit_b16", f"method=quantum_peft_tn_{network}") == expected[network]
+    if network == "ttd":
+        assert expected[network] == 110_688

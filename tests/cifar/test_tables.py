@@ -63,3 +63,15 @@ def test_table7_columns_by_bits_and_loading(tmp_path: Path) -> None:
     assert "| accuracy, uniform bit loading (paper / ours) | 98.81 / 98.81 (n=1, lr=0.001) | 98.79 / — (no run) |" in t7
     assert fp32 in t7 and int2 in t7 and "vit_b16_3bit" not in t7
     assert "| dev accuracy, uniform | — | — | — | — | — | 80.00 (n=1) |" in t7 and demo in t7  # the CPU stand-in
+
+
+def test_table10_rows_per_network(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    cp = _write(raw, "cifar10_vit", "quantum_peft_tn_cp", "", "vit_b16", [0.97, 0.9853], 30_336)
+    subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True)
+    t10 = (tmp_path / "tables" / "table10_tensor_networks.md").read_text()
+    assert "| CP | 0.074M / 30,336 | 98.53 / 98.53 (n=1, lr=0.001) |" in t10 and cp in t10
+    assert "| TTD (MPS) | 0.111M / — | 98.81 / — (no run) |" in t10
+    assert "| TTD (MPS) | plain U diag(λ) Vᵀ" in t10 and "| 110,688 | 0.111M |" in t10
+    assert (tmp_path / "tables" / "table10_tensor_networks.tex").read_text().isascii()
