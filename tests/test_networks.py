@@ -399,4 +399,4 @@ def test_method_configs_are_the_table10_settings_and_state_their_count(network: 
     count = next(r["count"] for r in table10_counts(settings=TABLE10_METHODS) if r["network"] == network)
     header = path.read_text().split("defaults:")[0]
     assert f"Q, V (24 matrices 768 x 768, qpeft.counting.table10_counts): {count:,}" in header
-    assert f"python run.py +experiment=cifar10_vit method=quantum_peft_tn_{network}" in header
+    assert f"python run.py +experiment=cifar10_vit model=vit_b16 method=quantum_peft_tn_{network}" in header

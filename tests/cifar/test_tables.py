@@ -68,10 +68,12 @@ def test_table7_columns_by_bits_and_loading(tmp_path: Path) -> None:
 def test_table10_rows_per_network(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     cp = _write(raw, "cifar10_vit", "quantum_peft_tn_cp", "", "vit_b16", [0.97, 0.9853], 30_336)
+    demo = _write(raw, "demo_sst2_minilm", "quantum_peft_tn_htd", "", "minilm", [0.8108], 7_202)
     subprocess.run([sys.executable, "scripts/make_tables.py", "--results", str(tmp_path)], cwd=ROOT, check=True,
                    capture_output=True)
     t10 = (tmp_path / "tables" / "table10_tensor_networks.md").read_text()
     assert "| CP | 0.074M / 30,336 | 98.53 / 98.53 (n=1, lr=0.001) |" in t10 and cp in t10
     assert "| TTD (MPS) | 0.111M / — | 98.81 / — (no run) |" in t10
     assert "| TTD (MPS) | plain U diag(λ) Vᵀ" in t10 and "| 110,688 | 0.111M |" in t10
+    assert f"| HTD (TTN) | 7,202 | 81.08 (n=1) | 10 | 5,000 | {demo} |" in t10  # the CPU stand-in section
     assert (tmp_path / "tables" / "table10_tensor_networks.tex").read_text().isascii()
