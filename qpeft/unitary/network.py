@@ -225,10 +225,7 @@ class CPMap(NetworkMap):
         return [(f, k) for f in factors], ()
 
     def combine(self, parts):
-        out = parts[0]
-        for part in parts[1:]:
-            out = khatri_rao(out, part)
-        return out
+        return functools.reduce(khatri_rao, parts)
 
 
 @register_mapping("tucker")
@@ -263,10 +260,7 @@ class TuckerMap(NetworkMap):
         return list(zip(factors, ranks)), tuple(ranks)
 
     def combine(self, parts):
-        out = parts[0]
-        for part in parts[1:]:
-            out = kron_columns(out, part)
-        return out
+        return functools.reduce(kron_columns, parts)
 
 
 @register_mapping("htd")
@@ -298,10 +292,7 @@ class HTDMap(NetworkMap):
         return [(f, leaf) for f in factors] + [(leaf ** d, k)], (leaf,)
 
     def combine(self, parts):
-        leaves = parts[0]
-        for part in parts[1:-1]:
-            leaves = kron_columns(leaves, part)
-        return leaves @ parts[-1]
+        return functools.reduce(kron_columns, parts[:-1]) @ parts[-1]
 
 
 def ring_bond(k: int) -> int:
