@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # OpenMP threads that spin-wait made steps 5-7x slower on a busy 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install test test-fast demo bench tables reproduce smoke clean-logs
+.PHONY: help install test test-fast demo study bench tables reproduce smoke clean-logs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test-fast: $(STAMP) ## run the tests not marked slow
 
 demo: $(STAMP) ## the offline demo: real SST-2 + real MiniLM, head-only vs LoRA vs Quantum-PEFT
 	WANDB_MODE=disabled $(PY) scripts/demo.py
+
+study: $(STAMP) ## learning curves + ablations on MiniLM/SST-2 (12 entries x 2 seeds, resumable) -> results/study/
+	WANDB_MODE=disabled $(PY) scripts/study.py
 
 bench: $(STAMP) ## mapping benchmark (Fig. 6): unitarity error and fwd+bwd time vs N
 	$(PY) scripts/bench_mappings.py

@@ -239,7 +239,7 @@ def qpeft_config(method_cfg: DictConfig, model_cfg: DictConfig) -> QPeftConfig:
         fused_num_parts=model_cfg.fused_num_parts,
         modules_to_save=OmegaConf.to_container(model_cfg.head_modules, resolve=True), bias=opts["bias"],
         quant_bits=opts["quant_bits"], quant_group_size=opts["quant_group_size"], quant_gamma=opts["quant_gamma"],
-        quant_rule=opts["quant_rule"],
+        quant_rule=opts["quant_rule"], train_mappings=opts["train_mappings"],
         network=opts["network"], network_options=opts["network_options"], nonlinearity=opts["nonlinearity"],
     )
 

@@ -183,6 +183,7 @@ class QuantumPeftMethodConfig(MethodConfig):
     mapping_options_v: Optional[dict] = _f(None, "Options of the V mapping (null = mapping_options).")
     dropout: float = _f(0.0, "Adapter input dropout.")
     bias: str = _f("none", "none | all.")
+    train_mappings: bool = _f(True, "Train U and V's intrinsic parameters; false: only λ trains (the λ-only ablation).")
     quant_bits: Optional[int] = _f(None, "QAT bits of the intrinsic parameters (null = fp32).")
     quant_group_size: int = _f(128, "QAT group size.")
     quant_gamma: float = _f(0.0, "Adaptive bit loading exponent γ (0 = uniform; method.md §9).")

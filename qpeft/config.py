@@ -127,6 +127,9 @@ class QPeftConfig:
         default_factory=list, metadata={"help": "Name suffixes of modules trained in full and saved (e.g. classifier)."}
     )
     bias: str = field(default="none", metadata={"help": f"Which biases are trained: one of {BIAS_CHOICES}."})
+    train_mappings: bool = field(
+        default=True, metadata={"help": "Train the intrinsic parameters of U and V; False freezes them at their "
+                                "initial values, so only λ (and modules_to_save) train (an ablation)."})
     quant_bits: int | None = field(
         default=None, metadata={"help": "QAT of the adapter's intrinsic parameters: bits B (None = FP32)."}
     )
@@ -196,6 +199,7 @@ class QPeftConfig:
         _number("alpha", self.alpha, lambda a: a > 0, "a finite number > 0")
         _number("dropout", self.dropout, lambda d: 0.0 <= d < 1.0, "a number 0 <= dropout < 1")
         _choice("bias", self.bias, BIAS_CHOICES)
+        _choice("train_mappings", self.train_mappings, (True, False))
         if self.quant_bits is not None:
             _choice("quant_bits", self.quant_bits, QUANT_BIT_CHOICES)
         _number("quant_gamma", self.quant_gamma, lambda g: g >= 0, "a finite number >= 0 (0 = uniform bit loading)")

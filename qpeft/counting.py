@@ -35,9 +35,10 @@ def module_count(out_features: int, in_features: int, config: QPeftConfig, slice
     rank = rank or config.rank
     n_slices = len(slices) if slices else 1
     part_out = out_features // (config.fused_num_parts if slices else 1)
+    mappings = (count_mapping_parameters(map_u, part_out, rank, **opt_u)
+                + count_mapping_parameters(map_v, in_features, rank, **opt_v))
     per_slice = (
-        count_mapping_parameters(map_u, part_out, rank, **opt_u)
-        + count_mapping_parameters(map_v, in_features, rank, **opt_v)
+        (mappings if config.train_mappings else 0)  # frozen mappings are not trainable
         + math.prod(config.core_shape(rank))  # the core: K (diagonal λ), K² (tucker's dense G) or R (trd's ring)
     )
     return n_slices * per_slice

@@ -123,6 +123,7 @@ class QPeftAdapter(nn.Module):
         self.qpeft_v = nn.ModuleList(build_mapping(map_v, in_features, rank, **opt_v) for _ in self.slices)
         self.core = config.core  # diagonal | dense | ring (qpeft.config.NETWORK_CORES)
         self.nonlinearity = config.nonlinearity
+        self.train_mappings = config.train_mappings  # False: U, V stay at their initial values (qpeft.state)
         # the core starts at zero, so the layer equals its base exactly (tanh(0) = 0 too)
         self.qpeft_lambda = nn.Parameter(torch.zeros(len(self.slices), *config.core_shape(rank)))
         self.qpeft_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()

@@ -91,12 +91,22 @@ def adapter_names(model: nn.Module) -> set[str]:
     return {adapter_of(key) for key, _ in model.named_parameters()} - {None}
 
 
+def keep_fixed_mappings_frozen(model: nn.Module) -> None:
+    """Adapters built with ``train_mappings=False`` keep their U, V mappings frozen whatever was switched on:
+    only their ``λ`` (and heads) train (``QPeftConfig.train_mappings``)."""
+    for module in model.modules():
+        if getattr(module, "train_mappings", True) is False:
+            for mapping in module.mappings():
+                mapping.requires_grad_(False)
+
+
 def mark_only_adapter_trainable(model: nn.Module, bias: str = "none", adapter_name: str | None = None) -> None:
     """Freeze everything but the tensors of ``adapter_name`` (any adapter if ``None``) and, with
     ``bias="all"``, the base model's biases."""
     for name, param in model.named_parameters():
         owner = adapter_of(name)
         param.requires_grad = (owner is not None and adapter_name in (None, owner)) or is_trained_bias(name, bias)
+    keep_fixed_mappings_frozen(model)
 
 
 def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) -> None:
@@ -105,6 +115,7 @@ def set_adapter_trainable(model: nn.Module, adapter_name: str, trainable: bool) 
         owner = adapter_of(name)
         if owner is not None:
             param.requires_grad = trainable and owner == adapter_name
+    keep_fixed_mappings_frozen(model)
 
 
 def set_requires_grad(model: nn.Module, names: list[str], requires_grad: bool) -> None:
@@ -112,3 +123,4 @@ def set_requires_grad(model: nn.Module, names: list[str], requires_grad: bool) -
     for key, param in model.named_parameters():
         if adapter_of(key) in names:
             param.requires_grad = requires_grad
+    keep_fixed_mappings_frozen(model)
