@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Offline by default; PASSIVE stops OpenMP threads spin-waiting, which made steps 5-7x slower on a
-# busy 2-core machine. Both must be set before torch is imported.
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-                   "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE", "QPEFT_ROOT": str(ROOT)}.items():
-    os.environ.setdefault(key, value)
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.cpu_runs import compose_run, names_arg, offline_defaults  # noqa: E402
+
+offline_defaults()  # before torch is imported
 
 EXPERIMENT = "demo_sst2_minilm"
 # every adapter adapts the same matrices, query and value of each layer (LoRA paper's choice)
@@ -57,17 +53,8 @@ MAPPING_OPTIONS: dict[str, dict] = {
 
 def compose(method: str, extra: list[str]) -> "DictConfig":  # noqa: F821 - omegaconf imported lazily
     """The run config of one method, composed like ``python run.py +experiment=... method=...``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
-
-    overrides = [f"+experiment={EXPERIMENT}", f"method={method}", *METHODS[method], *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides)
-    if method in MAPPING_OPTIONS:
-        with open_dict(cfg):
-            cfg.method.mapping_options = MAPPING_OPTIONS[method]
-    return cfg
+    return compose_run([f"+experiment={EXPERIMENT}", f"method={method}", *METHODS[method], *extra],
+                       MAPPING_OPTIONS.get(method))
 
 
 def table(rows: list[dict]) -> str:
@@ -89,10 +76,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.lr=1e-2")
     args = parser.parse_args()
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; valid: {list(METHODS)}")
+    methods = names_arg(parser, args.methods, METHODS, "method(s)")
     # the demo regenerates its own records: a completed run replaces the completed record of its name
     extra = [f"seed={args.seed}", "record_replace=true"] + ([f"trainer.max_steps={args.steps}"] if args.steps else []) \
         + args.overrides

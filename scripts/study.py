@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-                   "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE", "QPEFT_ROOT": str(ROOT)}.items():
-    os.environ.setdefault(key, value)
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.cpu_runs import ROOT, compose_run, names_arg, offline_defaults  # noqa: E402
+
+offline_defaults()  # before torch is imported
 
 EXPERIMENT = "study_sst2_minilm"
 QV = "model.target_modules=[query,value]"
@@ -85,19 +83,9 @@ def lr_tag(entry: str, lr: float) -> str:
 
 def compose(entry: str, lr: float, seed: int, extra: list[str]) -> Any:
     """The run config of one point, composed like ``python run.py +experiment=study_sst2_minilm ...``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
-
     spec = GRID[entry]
-    overrides = [f"+experiment={EXPERIMENT}", f"method={spec.method}", *spec.overrides, f"trainer.lr={lr}",
-                 f"seed={seed}", f"record_tag={lr_tag(entry, lr)}", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides)
-    if spec.mapping_options is not None:
-        with open_dict(cfg):
-            cfg.method.mapping_options = spec.mapping_options
-    return cfg
+    return compose_run([f"+experiment={EXPERIMENT}", f"method={spec.method}", *spec.overrides, f"trainer.lr={lr}",
+                        f"seed={seed}", f"record_tag={lr_tag(entry, lr)}", *extra], spec.mapping_options)
 
 
 def completed(path: Path | None) -> dict[str, Any] | None:
@@ -154,10 +142,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="results folder (records, report)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=50")
     args = parser.parse_args()
-    entries = [e for e in args.entries.split(",") if e]
-    unknown = sorted(set(entries) - set(GRID))
-    if unknown:
-        parser.error(f"unknown entries {unknown}; valid: {list(GRID)}")
+    entries = names_arg(parser, args.entries, GRID, "entries")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     lrs = None if args.lrs is None else tuple(float(v) for v in args.lrs.split(","))
     extra = [f"paths.results_dir={args.results}", *args.overrides]

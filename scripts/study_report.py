@@ -67,38 +67,34 @@ def selected(runs: dict[float, list[dict[str, Any]]]) -> tuple[float | None, lis
     return lr, ([] if lr is None else sorted(runs[lr], key=lambda r: r["run_info"]["seed"]))
 
 
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str) -> str:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    return path.name
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """``acc_vs_steps.png`` (mean learning curve per entry) and ``acc_vs_params.png`` (best accuracy vs size)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
-    fig, ax = plt.subplots(figsize=(8, 5))
+    curves, sizes = plt.subplots(figsize=(8, 5)), plt.subplots(figsize=(8, 5))
     for row in rows:
         steps = sorted({s for r in row["records"] for s, _ in curve(r)})
         means = [statistics.mean([a for r in row["records"] for s2, a in curve(r) if s2 == s]) for s in steps]
-        ax.plot(steps, [100 * m for m in means], marker="o", label=row["label"])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("SST-2 dev accuracy (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "acc_vs_steps.png", dpi=110, metadata={"Software": None})
-    names.append("acc_vs_steps.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        ax.scatter(row["params"], 100 * statistics.mean(row["best"]), label=row["label"])
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale, head included)")
-    ax.set_ylabel("best SST-2 dev accuracy (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "acc_vs_params.png", dpi=110, metadata={"Software": None})
-    names.append("acc_vs_params.png")
-    plt.close(fig)
+        curves[1].plot(steps, [100 * m for m in means], marker="o", label=row["label"])
+        sizes[1].scatter(row["params"], 100 * statistics.mean(row["best"]), label=row["label"])
+    sizes[1].set_xscale("log")
+    names = [_save(*curves, out / "acc_vs_steps.png", "training step", "SST-2 dev accuracy (%), mean over seeds"),
+             _save(*sizes, out / "acc_vs_params.png", "trainable parameters (log scale, head included)",
+                   "best SST-2 dev accuracy (%), mean over seeds")]
+    plt.close("all")
     return names
 
 
