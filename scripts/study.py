@@ -10,8 +10,9 @@ Every run is the ``make demo`` protocol for 600 steps with the full dev set eval
 (``study_sst2_minilm--<method>--seed<s>--<entry>--lr<lr>.json``).  A run whose completed record exists is
 skipped, so an interrupted or repeated invocation goes on where it stopped.
 
-Learning rates: each entry runs its ``lrs`` on the first seed; the one with the best dev accuracy (best
-evaluation of the run; ties go to the smaller rate) is then run on the other seeds (``SELECTION_RULE``).
+Learning rates: each entry runs its ``lrs`` on the first seed (and twice the largest when that one is best);
+the one with the best dev accuracy (best evaluation of the run; ties go to the smaller rate) is then run on
+the other seeds (``SELECTION_RULE``).
 The report (``results/study/README.md``, PNG plots) is generated from the records alone (``study_report``).
 """
 
@@ -33,7 +34,8 @@ offline_defaults()  # before torch is imported
 EXPERIMENT = "study_sst2_minilm"
 QV = "model.target_modules=[query,value]"
 SELECTION_RULE = ("per entry, the learning rate whose first-seed run has the best dev accuracy (its best "
-                  "evaluation; ties: the smaller rate), then that rate on every seed")
+                  "evaluation; ties: the smaller rate), then that rate on every seed; when the best is the largest "
+                  "rate of the entry's list, twice that rate is tried too (once)")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ def main() -> None:
         for entry in entries:
             sweep = {lr: run_point(entry, lr, seeds[0], extra) for lr in (lrs or GRID[entry].lrs)}
             chosen = select_lr(sweep)
+            if lrs is None and chosen == max(sweep):  # the best is at the edge of the list: look one step beyond
+                sweep[2 * chosen] = run_point(entry, 2 * chosen, seeds[0], extra)
+                chosen = select_lr(sweep)
             if chosen is None:
                 print(f"{entry}: no completed first-seed run, no rate to carry on with", flush=True)
                 continue
