@@ -123,6 +123,10 @@ def pack_state(plain: dict[str, Tensor], packed: dict[str, tuple[GroupCodes, tor
                            torch.cat([element_widths(g) for g in groups] or [torch.zeros(0)]))
     out[SCALE] = torch.cat([g.scale.cpu() for g in groups] or [torch.zeros(0, dtype=SCALE_DTYPE)])
     out[ZERO] = torch.cat([g.zero.cpu() for g in groups] or [torch.zeros(0, dtype=SCALE_DTYPE)])
+    if not (torch.isfinite(out[SCALE]).all() and torch.isfinite(out[ZERO]).all()):
+        bad = [n for n, g in zip(names, groups) if not (torch.isfinite(g.scale).all() and torch.isfinite(g.zero).all())]
+        raise ValueError(f"cannot pack {bad[:3]}: their values exceed the FP16 range of the scale and zero "
+                         f"(|x| > {torch.finfo(SCALE_DTYPE).max:g}) or are not finite")
     if uniform is None:
         out[BITS] = pack_bits(widths, torch.full_like(widths, 4))
     out[INDEX] = torch.frombuffer(bytearray(json.dumps(index, separators=(",", ":")).encode()), dtype=torch.uint8)

@@ -173,6 +173,15 @@ def test_pruned_groups_store_only_their_zero(tmp_path: Path) -> None:
         assert torch.equal(loaded(X), expected)
 
 
+def test_values_beyond_fp16_are_refused_when_packing(tmp_path: Path) -> None:
+    model = trained(config(4), steps=0)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith(".original"))[0] = 1e6
+    with pytest.raises(ValueError, match="FP16 range"):
+        model.save_pretrained(tmp_path, quantized=True)
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+
+
 def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="quant_bits"):
         get_qpeft_model(base(), config(None)).save_pretrained(tmp_path, quantized=True)
