@@ -126,12 +126,14 @@ def write_report(results: Path) -> Path:
              f"{len(all_records)} completed records, {wall / 60:.1f} min of run wall time in total "
              "(2-core CPU machine).", ""]
     lines += ["## Results at each entry's selected learning rate", "",
-              "| entry | trainable params | lr | best dev acc (%) | final dev acc (%) | ms/step | records |",
-              "|---|---|---|---|---|---|---|"]
+              "| entry | trainable params | lr | best dev acc (%) | final dev acc (%) | ms/step | max ‖UᵀU−I‖_F | records |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         files = ", ".join(f"`{r['_file']}`" for r in row["records"])
+        ortho = [r["train_info"].get("unitarity_error_max") for r in row["records"]]
+        ortho_text = f"{max(ortho):.1e}" if all(v is not None for v in ortho) else "—"
         lines.append(f"| {row['label']} | {row['params']:,} | {row['lr']:g} | {_mean_std(row['best'])} | "
-                     f"{_mean_std(row['final'])} | {row['ms']:.0f} | {files} |")
+                     f"{_mean_std(row['final'])} | {row['ms']:.0f} | {ortho_text} | {files} |")
     missing = [GRID[e].label for e in GRID if e not in {r["entry"] for r in rows}]
     if missing:
         lines += ["", f"Not run yet: {'; '.join(missing)}."]
