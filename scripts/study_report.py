@@ -85,11 +85,14 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     curves, sizes = plt.subplots(figsize=(8, 5)), plt.subplots(figsize=(8, 5))
-    for row in rows:
+    colors = plt.get_cmap("tab20").colors
+    for i, row in enumerate(rows):
+        style = {"color": colors[(2 * i) % 20 + (2 * i) // 20], "label": row["label"]}  # 20 distinct colours
         steps = sorted({s for r in row["records"] for s, _ in curve(r)})
         means = [statistics.mean([a for r in row["records"] for s2, a in curve(r) if s2 == s]) for s in steps]
-        curves[1].plot(steps, [100 * m for m in means], marker="o", label=row["label"])
-        sizes[1].scatter(row["params"], 100 * statistics.mean(row["best"]), label=row["label"])
+        dashed = "--" if row["entry"] in {a for a, _, _ in ABLATIONS} else "-"
+        curves[1].plot(steps, [100 * m for m in means], marker="o", linestyle=dashed, **style)
+        sizes[1].scatter(row["params"], 100 * statistics.mean(row["best"]), **style)
     sizes[1].set_xscale("log")
     names = [_save(*curves, out / "acc_vs_steps.png", "training step", "SST-2 dev accuracy (%), mean over seeds"),
              _save(*sizes, out / "acc_vs_params.png", "trainable parameters (log scale, head included)",
