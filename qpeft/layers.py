@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qpeft.config import QPeftConfig
-from qpeft.quantize import GroupCodes, adaptive_bits, quantize_codes
+from qpeft.quantize import GroupCodes, fake_quantize_ste, qat_codes
 from qpeft.unitary.base import StiefelMap, build_mapping
 
 ADAPTER_PREFIX = "qpeft_"
@@ -68,14 +68,12 @@ class FakeQuantize(nn.Module):
 
     def codes(self, theta: torch.Tensor) -> GroupCodes:
         """The integer form of ``Q(θ)`` (what a packed adapter stores)."""
-        bits = adaptive_bits(theta, self.bits, self.group_size, self.gamma, self.rule) if self.gamma else self.bits
-        return quantize_codes(theta, bits, self.group_size)
+        return qat_codes(theta, self.bits, self.group_size, self.gamma, self.rule)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         if theta.numel() == 0:
             return theta
-        # Q(θ) + (θ − sg(θ)): the value is bit-exactly Q(θ), the gradient the identity's
-        return self.codes(theta).values(theta.dtype) + (theta - theta.detach())
+        return fake_quantize_ste(theta, self.bits, self.group_size, self.gamma, self.rule)
 
 
 @dataclass(eq=False)
@@ -179,20 +177,20 @@ class QPeftAdapter(nn.Module):
         core = blocks[0] if len(blocks) == 1 else torch.block_diag(*blocks)
         return core if self.nonlinearity else core * self.scaling
 
+    def times_core(self, u_big: torch.Tensor) -> torch.Tensor:
+        """``U C`` (times ``α/K`` unless a nonlinearity follows): the core applied to ``U``'s columns."""
+        return u_big @ self.core_matrix() if self.core == "dense" else u_big * self.column_scale()
+
     def low_rank_factors(self, u_big: torch.Tensor, v_big: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, A)`` with ``B A = (α/K) U C Vᵀ`` (``B = (α/K) U C``, ``A = Vᵀ``); only without a nonlinearity."""
         if self.nonlinearity:
             raise ValueError(f"nonlinearity={self.nonlinearity!r}: ΔW = (α/K)·{self.nonlinearity}(U C Vᵀ) is not a "
                              "low-rank product, so it has no exact LoRA form (save it without as_lora, or merge it)")
-        b = u_big @ self.core_matrix() if self.core == "dense" else u_big * self.column_scale()
-        return b, v_big.T
+        return self.times_core(u_big), v_big.T
 
     def update(self, u_big: torch.Tensor, v_big: torch.Tensor) -> torch.Tensor:
         """``ΔW = (α/K) σ(U C Vᵀ)`` (``out x in``) from assembled factors (``C = diag(λ)`` for a diagonal core)."""
-        if self.core == "dense":
-            inner = (u_big @ self.core_matrix()) @ v_big.T
-        else:
-            inner = (u_big * self.column_scale()) @ v_big.T
+        inner = self.times_core(u_big) @ v_big.T
         if self.nonlinearity == "tanh":
             return torch.tanh(inner) * self.scaling
         return inner

@@ -511,16 +511,12 @@ that only know LoRA.
         """Load a saved adapter's tensors; a packed one (``save_pretrained(quantized=True)``) is unpacked, and
         unless ``is_trainable`` its quantizers are frozen so that the outputs are bit-exactly the trained ones
         (a trainable load goes on with QAT from the restored values)."""
-        from qpeft.packing import freeze_quantization, is_packed, unpack_state
+        from qpeft.packing import unpack_for_load
 
-        codes = {}
-        if is_packed(state):
-            state, codes = unpack_state(state)
+        state = unpack_for_load(self.get_base_model(), state, adapter_name, self.peft_config[adapter_name].bias,
+                                freeze=not is_trainable)
         device = device or next(self.get_base_model().parameters()).device
         self.load_adapter_state_dict({k: v.to(device) for k, v in state.items()}, adapter_name)
-        if codes and not is_trainable:
-            freeze_quantization(self.get_base_model(), {k.removeprefix(PEFT_PREFIX): c for k, c in codes.items()},
-                                adapter_name, self.peft_config[adapter_name].bias)
         self.set_requires_grad(adapter_name, is_trainable)
         if not is_trainable:
             self.eval()

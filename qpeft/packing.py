@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 
 from qpeft.layers import FakeQuantize
 from qpeft.quantize import SCALE_DTYPE, GroupCodes, num_groups
-from qpeft.state import saved_key
+from qpeft.state import PEFT_PREFIX, saved_key
 
 PREFIX = "qpeft_packed."
 CODES, SCALE, ZERO, BITS, INDEX = (PREFIX + n for n in ("codes", "scale", "zero", "bits", "index"))
@@ -75,9 +75,9 @@ def quantizers(model: nn.Module, adapter_name: str, bias: str) -> Iterator[tuple
                     yield saved, module, pname, plist[0]
 
 
-def element_widths(codes: GroupCodes) -> Tensor:
-    """The bit width of each of the tensor's elements (its group's), ``[numel]``."""
-    return codes.bits.cpu().repeat_interleave(codes.codes.shape[1])[: codes.numel]
+def element_widths(bits: Tensor, group_size: int, numel: int) -> Tensor:
+    """The bit width of each of a tensor's ``numel`` elements (its group's), ``[numel]``."""
+    return bits.cpu().repeat_interleave(group_size)[:numel]
 
 
 def pack_bits(values: Tensor, widths: Tensor) -> Tensor:
@@ -120,7 +120,7 @@ def pack_state(plain: dict[str, Tensor], packed: dict[str, tuple[GroupCodes, tor
              "tensors": [[n, list(packed[n][0].shape), _dtype_name(packed[n][1])] for n in names]}
     out = dict(plain)
     out[CODES] = pack_bits(torch.cat([g.codes.cpu().reshape(-1)[: g.numel] for g in groups] or [torch.zeros(0)]),
-                           torch.cat([element_widths(g) for g in groups] or [torch.zeros(0)]))
+                           torch.cat([element_widths(g.bits, group_size, g.numel) for g in groups] or [torch.zeros(0)]))
     out[SCALE] = torch.cat([g.scale.cpu() for g in groups] or [torch.zeros(0, dtype=SCALE_DTYPE)])
     out[ZERO] = torch.cat([g.zero.cpu() for g in groups] or [torch.zeros(0, dtype=SCALE_DTYPE)])
     if not (torch.isfinite(out[SCALE]).all() and torch.isfinite(out[ZERO]).all()):
@@ -168,20 +168,17 @@ def unpack_state(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
     if scale.numel() != total or zero.numel() != total:
         raise ValueError(f"packed adapter: {total} groups in the index, {scale.numel()} scales and {zero.numel()} zeros")
     numels = [int(torch.Size(shape).numel()) for _, shape, _ in entries]
-    element = torch.cat([widths[sum(counts[:i]):sum(counts[:i + 1])].repeat_interleave(size)[:n]
-                         for i, n in enumerate(numels)] or [torch.zeros(0, dtype=torch.long)])
-    flat = unpack_bits(state[prefix + CODES], element)
+    per_tensor = list(zip(entries, numels, *(t.split(counts) for t in (widths, scale, zero))))
+    element = torch.cat([element_widths(w, size, n) for _, n, w, _, _ in per_tensor]
+                        or [torch.zeros(0, dtype=torch.long)])
+    flat = unpack_bits(state[prefix + CODES], element).split(numels)
     out = {k: v for k, v in state.items() if not k.startswith(prefix + PREFIX)}
     codes: dict[str, GroupCodes] = {}
-    group = element_start = 0
-    for (name, shape, dtype), n, count in zip(entries, numels, counts):
-        padded = torch.zeros(count * size, dtype=torch.long)
-        padded[:n] = flat[element_start:element_start + n]
-        item = GroupCodes(padded.view(count, size), scale[group:group + count], zero[group:group + count],
-                          widths[group:group + count], tuple(shape))
-        codes[prefix + name] = item
-        out[prefix + name] = item.values(getattr(torch, dtype))
-        group, element_start = group + count, element_start + n
+    for ((name, shape, dtype), n, w, s, z), values in zip(per_tensor, flat):
+        padded = torch.zeros(w.numel() * size, dtype=torch.long)
+        padded[:n] = values
+        codes[prefix + name] = GroupCodes(padded.view(-1, size), s, z, w, tuple(shape))
+        out[prefix + name] = codes[prefix + name].values(getattr(torch, dtype))
     return out, codes
 
 
@@ -202,3 +199,15 @@ def freeze_quantization(model: nn.Module, codes: dict[str, GroupCodes], adapter_
     for saved, module, pname, quantizer in list(quantizers(model, adapter_name, bias)):
         if saved in codes and not isinstance(quantizer, FrozenQuantized):
             module.parametrizations[pname][0] = FrozenQuantized(quantizer, codes[saved])
+
+
+def unpack_for_load(model: nn.Module, state: dict[str, Tensor], adapter_name: str, bias: str,
+                    freeze: bool) -> dict[str, Tensor]:
+    """A saved adapter's tensors ready to load: a packed one unpacked (:func:`unpack_state`) and, with ``freeze``
+    (inference), its quantizers frozen (:func:`freeze_quantization`); a plain one as it is."""
+    if not is_packed(state):
+        return state
+    state, codes = unpack_state(state)
+    if freeze:
+        freeze_quantization(model, {k.removeprefix(PEFT_PREFIX): c for k, c in codes.items()}, adapter_name, bias)
+    return state

@@ -136,9 +136,15 @@ def fake_quantize_ste(
     Written as :math:`Q(x) + (x - \\mathrm{sg}(x))` so that the forward value is bit-exactly
     :math:`Q(x)` (``x + (Q(x) - x)`` can differ from ``Q(x)`` in the last bit).
     """
+    return qat_codes(x, bits, group_size, gamma, rule).values(x.dtype) + (x - x.detach())
+
+
+def qat_codes(x: Tensor, bits: int | Tensor, group_size: int, gamma: float = 0.0, rule: str = "log") -> GroupCodes:
+    """The :class:`GroupCodes` QAT uses for ``x``: ``bits`` per group, re-allocated by :func:`adaptive_bits`
+    (``rule``) from the current ranges when ``gamma > 0``."""
     if gamma:
         bits = adaptive_bits(x, bits, group_size, gamma, rule)
-    return quantize_groups(x, bits, group_size) + (x - x.detach())
+    return quantize_codes(x, bits, group_size)
 
 
 def adaptive_bits(x: Tensor, bits: int, group_size: int, gamma: float, rule: str = "log") -> Tensor:

@@ -290,13 +290,9 @@ class QPeftTuner(nn.Module):
         """peft's hook: saved names -> this model's keys; every adapter tensor must be present and nothing else.
         A packed adapter (``save_pretrained(quantized=True)``) is unpacked to its quantized values first, and for
         inference (peft's ``is_trainable=False``) its quantizers are frozen, as ``QPeftModel.from_pretrained`` does."""
-        from qpeft.packing import freeze_quantization, is_packed, unpack_state
+        from qpeft.packing import unpack_for_load
 
-        if is_packed(state_dict):
-            state_dict, codes = unpack_state(state_dict)
-            if config.inference_mode:
-                freeze_quantization(model, {k.removeprefix(PEFT_PREFIX): c for k, c in codes.items()}, adapter_name,
-                                    config.bias)
+        state_dict = unpack_for_load(model, state_dict, adapter_name, config.bias, freeze=config.inference_mode)
         return remap_for_load(model, state_dict, adapter_name, config.bias)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:

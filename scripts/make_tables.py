@@ -94,9 +94,14 @@ def table2(records: list[dict[str, Any]]) -> Document:
         header=["method", "#params (paper)", *(t.upper() for t in GLUE_TASKS)], rows=rows, notes=notes)])
 
 
+def _distinct(records: list[dict[str, Any]], files: list[str], key: str) -> str:
+    """The distinct values of ``train_info[key]`` over the records named ``files``, ``a / b`` ("" if none)."""
+    values = sorted({r["train_info"][key] for r in records if r["_file"] in files} - {None})
+    return " / ".join(f"{v:,}" for v in values)
+
+
 def _params(records: list[dict[str, Any]], files: list[str]) -> str:
-    counts = sorted({r["train_info"]["trainable_params"] for r in records if r["_file"] in files})
-    return " / ".join(f"{c:,}" for c in counts)
+    return _distinct(records, files, "trainable_params")
 
 
 def stand_in_runs(records: list[dict[str, Any]], experiment: str,
@@ -300,8 +305,7 @@ def _bits_label(bits: int | None) -> str:
 
 
 def _adapter_bytes(records: list[dict[str, Any]], files: list[str]) -> str:
-    sizes = sorted({r["train_info"]["adapter_bytes"] for r in records if r["_file"] in files} - {None})
-    return " / ".join(f"{b:,}" for b in sizes) or "—"
+    return _distinct(records, files, "adapter_bytes") or "—"
 
 
 def _qat_stand_in(records: list[dict[str, Any]]) -> Section | None:
@@ -320,7 +324,7 @@ def _qat_stand_in(records: list[dict[str, Any]]) -> Section | None:
             files += [r["_file"] for r in found if r["_file"] not in files]
             values = [v for v in (run_value(r, "val/acc", "best") for r in found) if v is not None]
             accs.append(aggregate(values) if values else "—")
-            sizes.append(_adapter_bytes(found, [r["_file"] for r in found]))
+            sizes.append(_adapter_bytes(found, files))  # every found record is in files
         rows += [[f"dev accuracy, {loading}", *accs], [f"adapter file bytes, {loading}", *sizes]]
     return Section(
         heading="CPU stand-in: all-MiniLM-L6-v2 on SST-2 (`make demo` protocol, 300 steps), Taylor K = 4, K' = 1 on "

@@ -121,11 +121,10 @@ def run_point(entry: str, lr: float, seed: int, extra: list[str]) -> dict[str, A
 
 
 def best_value(record: dict[str, Any] | None) -> float | None:
-    """A record's best dev accuracy (``None`` for a missing or failed run)."""
-    if record is None:
-        return None
-    values = [m["val/acc"] for m in record["train_info"]["metrics"] if "val/acc" in m]
-    return max(values) if values else None
+    """A record's best dev accuracy (``None`` for a missing or failed run): the tables' ``run_value``."""
+    from experiments.selection import run_value
+
+    return None if record is None else run_value(record, "val/acc", "best")
 
 
 def select_lr(results: dict[float, dict[str, Any] | None]) -> float | None:

@@ -10,12 +10,13 @@ hand-written reading kept in ``results/study/reading.md`` (quoted as it is, neve
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from experiments.selection import run_value
+from scripts.make_tables import load_records
 from scripts.study import EXPERIMENT, GRID, SELECTION_RULE, best_value, select_lr
 
 #: (ablation entry, the entry it changes, what the difference measures)
@@ -24,20 +25,14 @@ ABLATIONS = (("qsd_L1_lambda_only", "qsd_L1_pair", "training U and V (the circui
 
 
 def load(results: Path) -> dict[str, dict[float, list[dict[str, Any]]]]:
-    """``entry -> lr -> completed records`` (each with ``_file``: its path relative to ``results``)."""
+    """``entry -> lr -> completed records`` (``make_tables.load_records``; each ``_file`` relative to ``results``)."""
     out: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for folder in ("raw", "temporary"):
-        for path in sorted((results / folder).glob(f"{EXPERIMENT}--*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if record["train_info"]["status"] != "completed":
-                continue
+        for record in load_records(results / folder)[0]:
             tag = record["run_info"]["config"].get("record_tag") or ""
             entry, _, lr = tag.removeprefix("--").rpartition("--lr")
-            if entry in GRID and lr:
-                out[entry][float(lr)].append({**record, "_file": f"{folder}/{path.name}"})
+            if record["run_info"]["experiment"] == EXPERIMENT and entry in GRID and lr:
+                out[entry][float(lr)].append({**record, "_file": f"{folder}/{record['_file']}"})
     return out
 
 
@@ -46,11 +41,6 @@ def _mean_std(values: list[float]) -> str:
         return "—"
     spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
     return f"{100 * statistics.mean(values):.2f}{spread} (n={len(values)})"
-
-
-def final_value(record: dict[str, Any]) -> float | None:
-    values = [m["val/acc"] for m in record["train_info"]["metrics"] if "val/acc" in m]
-    return values[-1] if values else None
 
 
 def curve(record: dict[str, Any]) -> list[tuple[int, float]]:
@@ -115,7 +105,7 @@ def write_report(results: Path) -> Path:
             rows.append({"entry": entry, "label": spec.label, "lr": lr, "records": records,
                          "params": records[0]["train_info"]["trainable_params"],
                          "best": [v for r in records if (v := best_value(r)) is not None],
-                         "final": [v for r in records if (v := final_value(r)) is not None],
+                         "final": [v for r in records if (v := run_value(r, "val/acc", "final")) is not None],
                          "ms": statistics.median(r["train_info"]["ms_per_step"] for r in records),
                          "wall": sum(r["run_info"]["wall_seconds"] or 0 for rs in runs[entry].values() for r in rs)})
     all_records = [r for entry in runs.values() for records in entry.values() for r in records]
