@@ -12,6 +12,7 @@ into one block-structured ``U`` so the forward pass is always two skinny matmuls
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,13 @@ class FakeQuantize(nn.Module):
         if theta.numel() == 0:
             return theta
         return fake_quantize_ste(theta, self.bits, self.group_size, self.gamma, self.rule)
+
+
+def full_precision(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Autocast switched off on the device of ``module``'s parameters: factors are built in their parameters'
+    dtype (a U built in bf16 is orthonormal to ~1e-2 only); the adapter casts them to the activations' dtype."""
+    ref = next(module.parameters(), None)
+    return torch.autocast(ref.device.type if ref is not None else "cpu", enabled=False)
 
 
 @dataclass(eq=False)
@@ -149,8 +157,9 @@ class QPeftAdapter(nn.Module):
         return [p for m in self.mappings() for p in m.parameters()] + [self.qpeft_lambda]
 
     def build(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(us, vs)``: every slice's factors, built by its own mappings."""
-        return [u() for u in self.qpeft_u], [v() for v in self.qpeft_v]
+        """``(us, vs)``: every slice's factors, built by its own mappings (autocast off: :func:`full_precision`)."""
+        with full_precision(self):
+            return [u() for u in self.qpeft_u], [v() for v in self.qpeft_v]
 
     def assemble(self, us: list[torch.Tensor], vs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_big, V_big)``: ``U_big`` is ``out x (S·K)`` (slice ``s`` in its rows), ``V_big`` is ``in x (S·K)``."""
@@ -196,17 +205,13 @@ class QPeftAdapter(nn.Module):
         return inner
 
     def adapt(self, x: torch.Tensor, u_big: torch.Tensor, v_big: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The adapter's output ``x ΔWᵀ`` (dropout applied to ``x``) in ``dtype``: two skinny matmuls around the
-        core, or the dense ``x ΔWᵀ`` when a nonlinearity makes ΔW full rank."""
+        """The adapter's output ``x ΔWᵀ`` (dropout applied to ``x``) in ``dtype``: two skinny matmuls,
+        ``(x V)(U C)ᵀ`` with the core (and ``α/K``) folded into ``U`` (``out x S·K``, not ``tokens x S·K``),
+        or the dense ``x ΔWᵀ`` when a nonlinearity makes ΔW full rank."""
         x = self.qpeft_dropout(x).to(dtype)
         if self.nonlinearity:
             return x @ self.update(u_big, v_big).to(dtype).T
-        h = x @ v_big.to(dtype)
-        if self.core == "dense":
-            h = h @ self.core_matrix().to(dtype).T  # x V Gᵀ Uᵀ = x (U G Vᵀ)ᵀ
-        else:
-            h = h * self.column_scale().to(dtype)
-        return h @ u_big.to(dtype).T
+        return (x @ v_big.to(dtype)) @ self.times_core(u_big).to(dtype).T
 
 
 def _active(attribute: str) -> property:

@@ -196,8 +196,8 @@ class QPeftModel(nn.Module):
 
     ``batch_factors`` (default on): ``forward`` builds the ``U``/``V`` of all adapter layers together,
     grouped by mapping and shape (``qpeft.batching``), instead of layer by layer (without gradients:
-    only stale eval caches); same values and gradients.  ``checkpoint_factors`` (default on) rebuilds
-    them in the backward instead of keeping their activations; ``compile_factors`` wraps the build in
+    only stale eval caches); same values and gradients.  ``checkpoint_factors`` (default off) rebuilds
+    them in the backward instead of keeping their activations (``qpeft.batching.FactorBatcher``); ``compile_factors`` wraps the build in
     ``torch.compile``.
 
     ``guard`` (:class:`qpeft.guard.UnitarityGuard`) measures ``‖UᵀU − I‖_F`` of the factors every

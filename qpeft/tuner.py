@@ -67,7 +67,7 @@ class QPeftTuner(nn.Module):
         state_dict: dict[str, torch.Tensor] | None = None,
         *,
         batch_factors: bool = True,
-        checkpoint_factors: bool = True,
+        checkpoint_factors: bool = False,
         compile_factors: bool = False,
         unitarity_tolerance: float | None = DEFAULT_TOLERANCE,
         unitarity_check_every: int = DEFAULT_CHECK_EVERY,

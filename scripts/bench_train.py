@@ -1,28 +1,45 @@
-"""Quantum-PEFT vs peft LoRA / AdaLoRA / LoHa / LoKr: train step, peak memory, inference, checkpoint size.
+"""Quantum-PEFT vs peft baselines: train step, peak memory, inference, checkpoint size.
 
-Real-size DeBERTaV3-base and GPT-2 Medium built from their configs (random weights), and
-DeBERTaV3-base with its 72 adapted matrices quantized to bitsandbytes nf4 (``deberta-v3-base-4bit``,
-a QLoRA-style base; training step and memory only: bnb's CPU inference kernel repacks the shared
-4-bit weights in place, so unmerged/merged inference is not timed for it).  All methods
-of one model share the frozen base weights and are timed round-robin (method order rotated every
-repeat), so drift hits all alike; the median and the spread (min-max) are reported.
+Two sets of configurations (``--configs``):
 
-- step: ``zero_grad`` + forward + ``loss.backward()`` (+ AdaLoRA's ``update_and_allocate``) + AdamW
-  step.  ``base`` is the frozen model with input-embedding gradients on, no optimizer: the floor.
-- inference: eval mode, ``no_grad``, steady state (after training, so Quantum-PEFT's U/V are cached);
-  unmerged, then with every adapter merged (``merge_adapter``).
+- ``equal-rank`` (default): every method at rank ``--rank`` on real-size DeBERTaV3-base and GPT-2 Medium
+  built from their configs (random weights), and DeBERTaV3-base with its 72 adapted matrices quantized to
+  bitsandbytes nf4 (``deberta-v3-base-4bit``, a QLoRA-style base; training step and memory only: bnb's CPU
+  inference kernel repacks the shared 4-bit weights in place, so unmerged/merged inference is not timed
+  for it); Quantum-PEFT's Pauli, QSD-Pauli and Taylor (P = 4, K' = K) mappings, peft LoRA / AdaLoRA /
+  LoHa / LoKr.
+- ``paper``: the paper's own configurations, every method built exactly as a run builds it
+  (``+experiment=<e> method=<m>`` composed by Hydra, then ``experiments.methods.build_method``): Table 2
+  (DeBERTaV3-base, ``glue_sst2``: LoRA r = 2 on the six matrices vs ``quantum_peft``, ``quantum_peft_taylor``
+  and ``quantum_peft_exp`` as shipped, K = 3), the same on the nf4 4-bit base, Table 3 (GPT-2 Medium,
+  ``e2e_gpt2m``: LoRA r = 4 on Q, V vs Taylor K = 2, K' = 1; the E2E loss installed) and Table 6 (ViT-B/16
+  with its 3-bit base, ``cifar10_vit``), at every ``--shapes`` entry (batch x tokens; ViT: the same token
+  count in 197-token images, at least one) and every ``--threads`` count -> ``results/bench/train_paper.json``
+  and ``train_paper.md`` (``--render`` rewrites the markdown and the README block from a JSON).
+
+All methods of one model share the frozen base weights and are timed round-robin (method order rotated
+every repeat), so drift hits all alike; the median and the spread (min-max) are reported.
+
+- step: ``zero_grad`` + forward + ``loss.backward()`` (+ AdaLoRA's rank allocator) + AdamW step, under
+  ``--autocast bf16`` in a bf16 autocast region.  ``base`` is the frozen model with input-embedding
+  gradients on, no optimizer: the floor.
+- inference (equal-rank only): eval mode, ``no_grad``, steady state (after training, so Quantum-PEFT's
+  U/V are cached); unmerged, then with every adapter merged (``merge_adapter``).
 - peak memory: one fresh process per method; the peak over 3 steps above the memory held after the
   model is built (CPU: peak RSS, ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``).
-- construction: forward+backward of all U/V factors alone (batched as in training), and its
-  share of the Quantum-PEFT step.
+- construction: forward+backward of all U/V factors alone (batched as in training), and its share of
+  the Quantum-PEFT step.
 
-    python scripts/bench_train.py                   # CPU: batch 4, seq 32, 1 thread -> results/bench/train.json
-    python scripts/bench_train.py --device cuda --batch 8 --seq 128 --repeats 20
+    python scripts/bench_train.py                   # equal rank, CPU: batch 4, seq 32, 1 thread -> results/bench/train.json
+    python scripts/bench_train.py --configs paper   # paper configs, 4x32 and 4x128, 1 and 2 threads -> train_paper.json
+    python scripts/bench_train.py --configs paper --device cuda --autocast bf16 --shapes 8x128,8x512 --threads 1 \\
+        --repeats 20 --out results/bench/train_paper_cuda.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -32,35 +49,49 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 from qpeft import QPeftConfig, get_qpeft_model  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 from timing import round_robin  # noqa: E402
 
 DEBERTA_TARGETS = r".*\.layer\.\d+\.(attention\.self\.(query|key|value)_proj|attention\.output\.dense|intermediate\.dense|output\.dense)"
-QPEFT_MAPPINGS = {  # DeBERTa sizes 768 / 3072 are not powers of two: Pauli runs through pad or qsd there
+QPEFT_MAPPINGS = {  # equal-rank mode; DeBERTa sizes 768 / 3072 are not powers of two: Pauli runs through pad or qsd
     "deberta-v3-base": {"pad-pauli": ("pad", {}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
     "deberta-v3-base-4bit": {"pad-pauli": ("pad", {}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
     "gpt2-medium": {"pauli": ("pauli", {"layers": 1}), "qsd-pauli": ("qsd", {}), "taylor": ("taylor", {"order": 4})},
 }
 PEFT_METHODS = ("lora", "adalora", "loha", "lokr")
+#: paper mode: model -> (experiment, method configs); the first method is the reference (LoRA)
+PAPER = {
+    "deberta-v3-base": ("glue_sst2", ("lora", "quantum_peft", "quantum_peft_taylor", "quantum_peft_exp")),
+    "deberta-v3-base-4bit": ("glue_sst2", ("lora", "quantum_peft", "quantum_peft_taylor", "quantum_peft_exp")),
+    "gpt2-medium": ("e2e_gpt2m", ("lora", "quantum_peft_taylor", "quantum_peft", "quantum_peft_exp")),
+    "vit-b16-3bit": ("cifar10_vit", ("lora", "quantum_peft_taylor", "quantum_peft_pad", "quantum_peft")),
+}
+PAPER_TABLE = {"deberta-v3-base": "Table 2", "deberta-v3-base-4bit": "Table 2 on an nf4 base",
+               "gpt2-medium": "Table 3", "vit-b16-3bit": "Table 6"}
+VIT_TOKENS = 197  # (224 / 16)² patches + [CLS]
+README_BEGIN, README_END = "<!-- bench_train paper: begin -->", "<!-- bench_train paper: end -->"
 
 
-def quantize_4bit(model: nn.Module, pattern: str) -> nn.Module:
+def quantize_4bit(model: nn.Module, pattern: str, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Replace every ``nn.Linear`` whose name matches ``pattern`` by a bitsandbytes nf4 ``Linear4bit``."""
     import bitsandbytes as bnb
 
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and re.fullmatch(pattern, name):
             q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                  quant_type="nf4", compute_dtype=torch.float32)
+                                  quant_type="nf4", compute_dtype=compute_dtype)
             q.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type="nf4")
             if module.bias is not None:
                 q.bias = nn.Parameter(module.bias.data, requires_grad=False)
@@ -70,11 +101,12 @@ def quantize_4bit(model: nn.Module, pattern: str) -> nn.Module:
     return model
 
 
-def build_base(model: str) -> nn.Module:
-    """The real-size model from its config, random weights (seed 0)."""
+def build_base(model: str, device: torch.device = torch.device("cpu"), autocast: str = "off") -> nn.Module:
+    """The real-size model from its config, random weights (seed 0), on ``device`` (4-bit: quantized there)."""
     torch.manual_seed(0)
     if model == "deberta-v3-base-4bit":
-        return quantize_4bit(build_base("deberta-v3-base"), DEBERTA_TARGETS)
+        compute = torch.bfloat16 if autocast == "bf16" else torch.float32
+        return quantize_4bit(build_base("deberta-v3-base").to(device), DEBERTA_TARGETS, compute)
     if model == "deberta-v3-base":
         from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
@@ -83,13 +115,23 @@ def build_base(model: str) -> nn.Module:
             vocab_size=128100, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256,
             max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True, num_labels=2,
         )
-        return DebertaV2ForSequenceClassification(cfg)
+        return DebertaV2ForSequenceClassification(cfg).to(device)
+    if model == "vit-b16-3bit":
+        from transformers import ViTConfig, ViTForImageClassification
+
+        from experiments.base_quant import quantize_base_
+
+        vit = ViTForImageClassification(ViTConfig(image_size=224, patch_size=16, num_labels=10))
+        quantize_base_(vit, 3, 128)  # model=vit_b16_3bit: every weight rounded to 3 bits per group of 128
+        return vit.to(device)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(n_embd=1024, n_layer=24, n_head=16, vocab_size=50257))
+    return GPT2LMHeadModel(GPT2Config(n_embd=1024, n_layer=24, n_head=16, vocab_size=50257)).to(device)
 
 
-def methods_for(model: str) -> list[str]:
+def methods_for(model: str, configs: str) -> list[str]:
+    if configs == "paper":
+        return ["base", *PAPER[model][1]]
     return ["base", *PEFT_METHODS, *(f"qpeft-{m}" for m in QPEFT_MAPPINGS[model])]
 
 
@@ -102,12 +144,43 @@ def unsupported(model: str, method: str) -> str | None:
     return None
 
 
-def adapt(base: nn.Module, model: str, method: str, rank: int, total_step: int) -> nn.Module:
-    """``base`` (already a private copy) with ``method`` injected."""
+def make_batch(model: str, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random inputs: DeBERTa labels of 2 classes; GPT-2 the loss on the last 60% of each row (E2E's
+    references); ViT ``images(batch, seq)`` random 224 x 224 images of 10 classes."""
+    g = torch.Generator().manual_seed(1)
+    if model.startswith("vit"):
+        count = images(batch, seq)
+        return {"pixel_values": torch.randn(count, 3, 224, 224, generator=g).to(device),
+                "labels": torch.randint(0, 10, (count,), generator=g).to(device)}
+    ids = torch.randint(5, 50000, (batch, seq), generator=g)
+    if model.startswith("deberta"):
+        return {"input_ids": ids.to(device), "labels": torch.randint(0, 2, (batch,), generator=g).to(device)}
+    labels = ids.clone()
+    labels[:, : int(0.4 * seq)] = -100
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "labels": labels.to(device)}
+
+
+def images(batch: int, seq: int) -> int:
+    """ViT images with the token count of a ``batch x seq`` text batch (197 tokens an image, at least one)."""
+    return max(1, round(batch * seq / VIT_TOKENS))
+
+
+@dataclass
+class Adapted:
+    """One method on its private copy of the base: the model, what AdamW trains, and the per-step hook."""
+
+    net: nn.Module
+    param_groups: list[dict[str, Any]]
+    on_step_end: Callable[[int], None] = lambda step: None
+    trainable: int = 0
+    save: Callable[[str], None] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def adapt_equal_rank(base: nn.Module, model: str, method: str, rank: int, total_step: int) -> Adapted:
+    """``base`` (already a private copy) with ``method`` injected at rank ``rank`` (equal-rank mode)."""
     if method == "base":
-        base.requires_grad_(False)
-        base.enable_input_require_grads()
-        return base
+        return frozen(base)
     gpt2 = model == "gpt2-medium"
     targets = ["c_attn"] if gpt2 else DEBERTA_TARGETS
     if method.startswith("qpeft-"):
@@ -116,7 +189,8 @@ def adapt(base: nn.Module, model: str, method: str, rank: int, total_step: int) 
             target_modules=targets, rank=rank, alpha=32.0, mapping=mapping, mapping_options=options,
             fused_modules={"c_attn": [0, 2]} if gpt2 else {},
         )
-        return get_qpeft_model(base, config)
+        net = get_qpeft_model(base, config)
+        return trained(net, [{"params": [p for p in net.parameters() if p.requires_grad]}], save=net.save_pretrained)
     import peft
 
     common = dict(target_modules=targets)
@@ -129,46 +203,99 @@ def adapt(base: nn.Module, model: str, method: str, rank: int, total_step: int) 
         "loha": lambda: peft.LoHaConfig(r=rank, alpha=32, **common),
         "lokr": lambda: peft.LoKrConfig(r=rank, alpha=32, **common),
     }[method]()
-    return peft.get_peft_model(base, config)
+    net = peft.get_peft_model(base, config)
+    hook = net.base_model.update_and_allocate if method == "adalora" else (lambda step: None)
+    return trained(net, [{"params": [p for p in net.parameters() if p.requires_grad]}], hook, net.save_pretrained)
 
 
-def make_batch(model: str, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 50000, (batch, seq), generator=g)
-    labels = torch.randint(0, 2, (batch,), generator=g) if model.startswith("deberta") else ids
-    return {"input_ids": ids.to(device), "labels": labels.to(device)}
+def compose_paper(model: str, method: str) -> Any:
+    """The run config of ``+experiment=<PAPER[model]> method=<method>`` (the experiment's own model config)."""
+    from hydra import compose, initialize_config_dir
+
+    import experiments.schemas  # noqa: F401  (registers the config schemas)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"+experiment={PAPER[model][0]}", f"method={method}"])
+
+
+def adapt_paper(base: nn.Module, model: str, method: str) -> Adapted:
+    """``base`` (a private copy) wrapped by ``method`` as a run of the model's paper experiment builds it."""
+    if method == "base":
+        return frozen(base)
+    from experiments.methods import build_method
+    from experiments.tasks import build_task
+
+    cfg = compose_paper(model, method)
+    task_type = {"glue_sst2": "SEQ_CLS", "e2e_gpt2m": "CAUSAL_LM", "cifar10_vit": None}[PAPER[model][0]]
+    if task_type == "CAUSAL_LM":
+        build_task(cfg.task).prepare_model(base)  # the E2E label-smoothed completion loss, as the loop installs it
+    built = build_method(cfg.method, base, cfg.model, 10_000, task_type=task_type)
+    protocol = cfg.protocols[cfg.method.protocol]
+    groups = built.param_groups(protocol.weight_decay)
+    for group in groups:
+        group.setdefault("lr", protocol.lr)
+    info = {"method_config": f"conf/method/{method}.yaml", "experiment": PAPER[model][0]}
+    info |= {k: cfg.method[k] for k in ("r", "rank", "mapping", "mapping_options", "lora_dropout", "dropout")
+             if k in cfg.method}
+    return trained(built.model, groups, built.on_step_end, built.save_adapter, info)
+
+
+def frozen(base: nn.Module) -> Adapted:
+    """The floor: the frozen base with input-embedding gradients on (the backward runs), no optimizer."""
+    base.requires_grad_(False)
+    base.enable_input_require_grads()
+    return Adapted(base, [])
+
+
+def trained(net: nn.Module, groups: list[dict[str, Any]], hook: Callable[[int], None] = lambda step: None,
+            save: Callable[[str], None] | None = None, info: dict[str, Any] | None = None) -> Adapted:
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return Adapted(net, groups, hook, trainable, save, info or {})
+
+
+def adapt(base: nn.Module, model: str, method: str, args: argparse.Namespace) -> Adapted:
+    if args.configs == "paper":
+        return adapt_paper(base, model, method)
+    return adapt_equal_rank(base, model, method, args.rank, args.total_step)
 
 
 class Runner:
     """One adapted model with its optimizer: ``step``, ``infer``, ``build`` (U/V alone)."""
 
-    def __init__(self, net: nn.Module, method: str, batch: dict[str, torch.Tensor]) -> None:
-        self.net, self.method, self.batch = net, method, batch
-        params = [p for p in net.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-5) if params else None
+    def __init__(self, adapted: Adapted, batch: dict[str, torch.Tensor], autocast: str = "off") -> None:
+        self.adapted, self.net, self.batch = adapted, adapted.net, batch
+        self.opt = torch.optim.AdamW(adapted.param_groups, lr=1e-5) if adapted.param_groups else None
+        device = next(self.net.parameters()).device.type
+        self.autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if autocast == "bf16" else contextlib.nullcontext
         self.global_step = 0
 
     def step(self) -> None:
         self.net.train()
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
-        self.net(**self.batch).loss.backward()
-        if self.method == "adalora":
-            self.net.base_model.update_and_allocate(self.global_step)
+        with self.autocast():
+            loss = self.net(**self.batch).loss
+        loss.backward()
         if self.opt is not None:
             self.opt.step()
+        self.adapted.on_step_end(self.global_step)
         self.global_step += 1
 
     def infer(self) -> None:
         self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             self.net(**self.batch)
 
     def build(self) -> None:
         """Forward+backward of every U/V factor, built as in a training step."""
         layers = [layer for _, layer in self.net.qpeft_layers()]
-        factors = self.net.base_model._batcher.build(layers)  # QPeftModel.base_model is the tuner
-        sum(f.sum() for us, vs in factors for f in (*us, *vs)).backward()
+        with self.autocast():
+            factors = self.net.base_model._batcher.build(layers)  # QPeftModel.base_model is the tuner
+        sum(f.float().sum() for us, vs in factors for f in (*us, *vs)).backward()
+
+    @property
+    def is_qpeft(self) -> bool:
+        return hasattr(self.net, "qpeft_layers")
 
 
 # ------------------------------------------------------------------ memory / size probe (own process)
@@ -182,9 +309,9 @@ def _rss_kib(field: str) -> int:
 def probe(model: str, method: str, args: argparse.Namespace) -> dict:
     """Peak training memory above the built model, trainable parameters and adapter file bytes."""
     device = torch.device(args.device)
-    net = adapt(build_base(model), model, method, args.rank, args.total_step).to(device)
-    runner = Runner(net, method, make_batch(model, args.batch, args.seq, device))
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    adapted = adapt(build_base(model, device, args.autocast), model, method, args)
+    adapted.net.to(device)
+    runner = Runner(adapted, make_batch(model, args.batch, args.seq, device), args.autocast)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -195,43 +322,49 @@ def probe(model: str, method: str, args: argparse.Namespace) -> dict:
     for _ in range(3):
         runner.step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss_kib("VmHWM") * 1024
-    out = {"peak_train_mib": (peak - before) / 2**20, "trainable": trainable}
-    if method != "base":
+    out = {"peak_train_mib": (peak - before) / 2**20, "trainable": adapted.trainable}
+    if adapted.save is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            net.save_pretrained(tmp)
-            out["adapter_bytes"] = (Path(tmp) / "adapter_model.safetensors").stat().st_size
+            adapted.save(tmp)
+            out["adapter_bytes"] = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
     return out
 
 
 def run_probe(model: str, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--probe", model, method, "--device", args.device, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--rank", str(args.rank), "--total-step", str(args.total_step),
-           "--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, __file__, "--probe", model, method, "--configs", args.configs, "--device", args.device,
+           "--batch", str(args.batch), "--seq", str(args.seq), "--rank", str(args.rank),
+           "--total-step", str(args.total_step), "--threads", str(torch.get_num_threads()), "--autocast", args.autocast]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"memory probe {model}/{method} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------ timing (one process, shared base)
-def bench_model(model: str, args: argparse.Namespace) -> dict[str, dict]:
+def bench_model(model: str, args: argparse.Namespace, memory: bool) -> dict[str, dict]:
+    """Every method of ``model`` timed round-robin at ``args.batch x args.seq``; ``memory``: also probe each
+    method's peak memory and adapter size in its own process."""
     device = torch.device(args.device)
-    base = build_base(model).to(device)
+    base = build_base(model, device, args.autocast)
     batch = make_batch(model, args.batch, args.seq, device)
     runners, results = {}, {}
-    for method in methods_for(model):
+    for method in methods_for(model, args.configs):
         if reason := unsupported(model, method):
             results[method] = {"unsupported": reason}
             continue
         private = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})  # frozen weights shared
-        runners[method] = Runner(adapt(private, model, method, args.rank, args.total_step), method, batch)
-        results[method] = {}
+        adapted = adapt(private, model, method, args)
+        adapted.net.to(device)
+        runners[method] = Runner(adapted, batch, args.autocast)
+        results[method] = {"trainable": adapted.trainable, **adapted.info}
     repeats = args.repeats if model.startswith("deberta") else args.repeats_gpt2
     tasks: dict[str, Callable[[], None]] = {}
     for method, runner in runners.items():
         tasks[f"step/{method}"] = runner.step
-        if method.startswith("qpeft-"):
+        if runner.is_qpeft:
             tasks[f"build/{method}"] = runner.build
     timed = round_robin(tasks, repeats, device)
-    if not model.endswith("-4bit"):  # no inference timing on shared 4-bit weights (module docstring)
+    if args.configs == "equal-rank" and not model.endswith("-4bit"):  # 4-bit: no inference timing (docstring)
         timed |= round_robin({f"infer/{m}": r.infer for m, r in runners.items()}, repeats, device)  # steady eval
         for method, runner in runners.items():  # merged inference: every adapter folded in (shared W: values moot)
             if method != "base":
@@ -243,7 +376,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict[str, dict]:
     for key, value in timed.items():
         kind, method = key.split("/", 1)
         results[method][kind] = value
-    if not args.skip_memory:
+    if memory:
         for method in runners:
             results[method].update(run_probe(model, method, args))
     return results
@@ -255,6 +388,7 @@ def add_ratios(results: dict[str, dict]) -> None:
         if "step" not in res:
             continue
         res["step_vs_lora"] = res["step"]["ms"] / lora["step"]["ms"]
+        res["step_vs_base"] = res["step"]["ms"] / base["step"]["ms"]
         if "infer" in res:
             res["infer_vs_lora"] = res["infer"]["ms"] / lora["infer"]["ms"]
             res["merged_vs_base"] = res["merged"]["ms"] / base["merged"]["ms"]
@@ -262,7 +396,7 @@ def add_ratios(results: dict[str, dict]) -> None:
             res["peak_vs_lora"] = res["peak_train_mib"] / lora["peak_train_mib"]
         if "build" in res:
             res["build_share_of_step"] = res["build"]["ms"] / res["step"]["ms"]
-        if "adapter_bytes" in res:
+        if "adapter_bytes" in res and res.get("trainable"):
             res["bytes_per_4_params"] = res["adapter_bytes"] / (4 * res["trainable"])
 
 
@@ -287,9 +421,48 @@ def table(model: str, results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def paper_markdown(report: dict) -> str:
+    """The paper-configuration table: step ×LoRA and ×base, peak memory ×LoRA, per thread count and shape."""
+    lines = ["| model (paper) | shape | threads | method | trainable | step ms (min–max) | ×LoRA | ×base "
+             "| U/V build share | peak MiB | ×LoRA |", "|" + "---|" * 11]
+    for run in report["runs"]:
+        shape = run["shape"]
+        for model, results in run["models"].items():
+            for method, r in results.items():
+                if "step" not in r:
+                    continue
+                peak, peak_ratio = r.get("peak_train_mib"), r.get("peak_vs_lora")
+                tokens = (f"{images(*shape)} img × {VIT_TOKENS}" if model.startswith("vit")
+                          else f"{shape[0]} × {shape[1]}")
+                build = f"{100 * r['build_share_of_step']:.1f}%" if "build_share_of_step" in r else ""
+                lines.append(
+                    f"| {model} ({PAPER_TABLE[model]}) | {tokens} | {run['threads']} | {method} | {r['trainable']:,} "
+                    f"| {r['step']['ms']:.0f} ({r['step']['min']:.0f}–{r['step']['max']:.0f}) | {r['step_vs_lora']:.3f} "
+                    f"| {r['step_vs_base']:.3f} | {build} | {'' if peak is None else f'{peak:.0f}'} "
+                    f"| {'' if peak_ratio is None else f'{peak_ratio:.2f}'} |")
+    return "\n".join(lines)
+
+
+def render(report_path: Path, readme: Path = ROOT / "README.md") -> None:
+    """Write ``<report>.md`` from a paper-mode JSON and replace the README block between the markers."""
+    report = json.loads(report_path.read_text())
+    text = paper_markdown(report)
+    machine_line = (f"{report['machine'].get('gpu') or report['machine']['cpu']}, torch {report['machine']['torch']}, "
+                    f"autocast {report['settings']['autocast']}, {report['settings']['repeats']} rounds "
+                    f"({report['settings']['repeats_gpt2']} for GPT-2 / ViT); `{report['command']}`")
+    atomic_write_text(report_path.with_suffix(".md"), f"{machine_line}\n\n{text}\n")
+    if readme.is_file() and report["settings"]["device"] == "cpu":
+        content = readme.read_text()
+        if README_BEGIN in content and README_END in content:
+            before, rest = content.split(README_BEGIN, 1)
+            _, after = rest.split(README_END, 1)
+            block = f"{README_BEGIN}\n{machine_line}\n\n{text}\n{README_END}"
+            atomic_write_text(readme, before + block + after)
+
+
 def machine(device: torch.device) -> dict[str, str | int]:
     info: dict[str, str | int] = {"torch": torch.__version__, "python": platform.python_version(),
-                                  "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+                                  "cpu": platform.processor() or platform.machine()}
     try:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                            if l.startswith("model name"))
@@ -300,38 +473,94 @@ def machine(device: torch.device) -> dict[str, str | int]:
     return info
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"4x32,4x128"`` -> ``[(4, 32), (4, 128)]`` (batch x tokens)."""
+    try:
+        shapes = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"--shapes {text!r}: expected BATCHxTOKENS[,BATCHxTOKENS...], e.g. 4x32,4x128")
+    return shapes  # type: ignore[return-value]
+
+
+def bench_all(models: Iterable[str], args: argparse.Namespace, memory: bool) -> dict[str, dict]:
+    out = {}
+    for model in models:
+        results = bench_model(model, args, memory)
+        add_ratios(results)
+        out[model] = results
+        print(table(model, results), "\n", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", choices=("equal-rank", "paper"), default="equal-rank")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="+", default=["deberta-v3-base", "gpt2-medium"])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=32)
-    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="equal-rank default: deberta-v3-base gpt2-medium; paper default: all of PAPER")
+    parser.add_argument("--batch", type=int, default=4, help="equal-rank mode")
+    parser.add_argument("--seq", type=int, default=32, help="equal-rank mode")
+    parser.add_argument("--shapes", type=parse_shapes, default=[(4, 32), (4, 128)], help="paper mode: BATCHxTOKENS,...")
+    parser.add_argument("--rank", type=int, default=4, help="equal-rank mode")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds, DeBERTa")
-    parser.add_argument("--repeats-gpt2", type=int, default=3, help="timed rounds, GPT-2 Medium")
-    parser.add_argument("--total-step", type=int, default=10_000, help="AdaLoRA schedule length")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: the 2-core machine is shared)")
+    parser.add_argument("--repeats-gpt2", type=int, default=3, help="timed rounds, GPT-2 Medium and ViT")
+    parser.add_argument("--total-step", type=int, default=10_000, help="AdaLoRA schedule length (equal-rank)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="CPU threads (equal-rank default 1; paper default 1 2)")
+    parser.add_argument("--autocast", choices=("off", "bf16"), default="off", help="bf16 autocast of the step (GPU)")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("results/bench/train.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default results/bench/train.json (equal-rank) or train_paper.json (paper)")
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite <json>.md and the README block")
     parser.add_argument("--probe", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    if args.render:
+        render(args.render)
+        return
+    paper = args.configs == "paper"
+    valid = list(PAPER) if paper else list(QPEFT_MAPPINGS)
+    models = args.models or (list(PAPER) if paper else ["deberta-v3-base", "gpt2-medium"])
+    if unknown := sorted(set(models) - set(valid)):
+        parser.error(f"--models {unknown} unknown for --configs {args.configs}; valid: {valid}")
+    threads = args.threads or ([1, 2] if paper else [1])
     if args.probe:
+        torch.set_num_threads(threads[0])
         print(json.dumps(probe(*args.probe, args)))
         return
-    report = {"machine": machine(torch.device(args.device)),
-              "settings": {k: v for k, v in vars(args).items() if k not in ("probe", "out")} | {"out": str(args.out)},
-              "qpeft_mappings": QPEFT_MAPPINGS, "models": {}}
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible")
+    out = args.out or Path("results/bench/train_paper.json" if paper else "results/bench/train.json")
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
+        "machine": machine(torch.device(args.device)),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("probe", "out", "render")}
+        | {"out": str(out), "models": models, "threads": threads},
+    }
     start = time.perf_counter()
-    for model in args.models:
-        results = bench_model(model, args)
-        add_ratios(results)
-        report["models"][model] = results
-        print(table(model, results), "\n", flush=True)
+    if paper:
+        report["paper_methods"] = {m: {"experiment": e, "methods": list(ms)} for m, (e, ms) in PAPER.items() if m in models}
+        report["runs"] = []
+        for shape in args.shapes:
+            args.batch, args.seq = shape
+            for index, count in enumerate(threads):
+                torch.set_num_threads(count)
+                print(f"== shape {shape[0]}x{shape[1]}, {count} thread(s)", flush=True)
+                memory = not args.skip_memory and index == 0  # once per shape: threads do not change the peak
+                report["runs"].append({"shape": list(shape), "threads": count,
+                                       "models": bench_all(models, args, memory)})
+    else:
+        torch.set_num_threads(threads[0])
+        report["machine"]["threads"] = threads[0]
+        report["qpeft_mappings"] = QPEFT_MAPPINGS
+        report["models"] = bench_all(models, args, not args.skip_memory)
     report["wall_s"] = time.perf_counter() - start
-    atomic_write_text(args.out, json.dumps(report, indent=2, default=str))
-    print(f"wrote {args.out} in {report['wall_s']:.0f} s")
+    atomic_write_text(out, json.dumps(report, indent=2, default=str))
+    if paper:
+        render(out)
+    print(f"wrote {out} in {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

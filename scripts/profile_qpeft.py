@@ -1,12 +1,18 @@
-"""Where a Quantum-PEFT training step spends its time, per-layer vs batched U/V construction.
+"""Where a Quantum-PEFT training step spends its time.
 
-DeBERTaV3-base shape (random weights), 72 adapted matrices (144 factors).  For each mapping and
-``batch_factors`` off (before) / on (after): median step time, U/V construction forward+backward
-alone, the number of aten ops of one step and of the construction alone (torch.profiler), and the
-top ops by self CPU time.  The rest of the step (frozen model, adapter matmuls, optimizer) is
-step − construction; the frozen floor is given by ``scripts/bench_train.py``'s ``base`` row.
+DeBERTaV3-base shape (random weights), 72 adapted matrices (144 factors), 1 thread by default.
 
-    python scripts/profile_qpeft.py          # writes results/bench/profile.json
+- ``--configs equal-rank`` (default): for each equal-rank mapping and ``batch_factors`` off (before) / on
+  (after): median step time, U/V construction forward+backward alone, the number of aten ops of one step
+  and of the construction alone (torch.profiler), and the top ops by self CPU time
+  -> ``results/bench/profile.json``.
+- ``--configs paper``: the Table 2 methods as shipped (LoRA r = 2, ``quantum_peft``, ``quantum_peft_taylor``,
+  ``quantum_peft_exp``; see ``scripts/bench_train.py``), the frozen base beside them: step and construction
+  medians, the step minus the construction, and the top ops of the step and of the construction
+  -> ``results/bench/profile_paper.json``.
+
+    python scripts/profile_qpeft.py
+    python scripts/profile_qpeft.py --configs paper --seq 128
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import QPEFT_MAPPINGS, Runner, adapt, build_base, make_batch  # noqa: E402
+from bench_train import PAPER, QPEFT_MAPPINGS, Runner, adapt_equal_rank, adapt_paper, build_base, make_batch  # noqa: E402
 from timing import median_ms  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 
@@ -43,6 +49,27 @@ def op_profile(fn: Callable[[], None], top: int) -> tuple[int, list[dict]]:
     return count, [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3} for e in ranked]
 
 
+def profile_paper(args: argparse.Namespace) -> dict:
+    """Step, construction and their top ops for the paper's DeBERTaV3-base methods (and the frozen base)."""
+    model = "deberta-v3-base"
+    batch = make_batch(model, args.batch, args.seq, torch.device("cpu"))
+    rows = {}
+    for method in ("base", *PAPER[model][1]):
+        runner = Runner(adapt_paper(build_base(model), model, method), batch)
+        row = {"step_ms": median_ms(runner.step, args.repeats)}
+        _, row["step_top_ops"] = op_profile(runner.step, 15)
+        if runner.is_qpeft:
+            row["build_fwd_bwd_ms"] = median_ms(runner.build, args.repeats)
+            row["step_minus_build_ms"] = row["step_ms"] - row["build_fwd_bwd_ms"]
+            _, row["build_top_ops"] = op_profile(runner.build, 15)
+        rows[method] = row
+        print(f"{method:20s} step {row['step_ms']:7.0f} ms" + (
+            f" | U/V fwd+bwd {row['build_fwd_bwd_ms']:6.1f} ms | rest {row['step_minus_build_ms']:7.0f} ms"
+            if "build_fwd_bwd_ms" in row else ""), flush=True)
+        del runner
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
@@ -50,14 +77,22 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/bench/profile.json"))
+    parser.add_argument("--configs", choices=("equal-rank", "paper"), default="equal-rank")
+    parser.add_argument("--out", type=Path, default=None, help="default results/bench/profile.json (profile_paper.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.configs == "paper":
+        out = args.out or Path("results/bench/profile_paper.json")
+        report = {"settings": vars(args) | {"out": str(out)}, "methods": profile_paper(args)}
+        atomic_write_text(out, json.dumps(report, indent=2))
+        print(f"wrote {out}")
+        return
+    args.out = args.out or Path("results/bench/profile.json")
     model = "deberta-v3-base"
     batch = make_batch(model, args.batch, args.seq, torch.device("cpu"))
     report: dict = {"settings": vars(args) | {"out": str(args.out)}, "mappings": {}}
     for name in QPEFT_MAPPINGS[model]:
-        runner = Runner(adapt(build_base(model), model, f"qpeft-{name}", args.rank, 1), f"qpeft-{name}", batch)
+        runner = Runner(adapt_equal_rank(build_base(model), model, f"qpeft-{name}", args.rank, 1), batch)
         rows = {}
         for batched in (False, True):
             runner.net.batch_factors = batched

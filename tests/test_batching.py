@@ -111,10 +111,10 @@ def test_batched_build_calls_each_group_once(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(TaylorMapping, "forward", count_forward)
     monkeypatch.setattr(TaylorMapping, "forward_batched", classmethod(count_batched))
     model(torch.randn(2, 24)).sum().backward()
-    assert calls == {"forward": 0, "batched": 2}  # four (24, 3) factors in one call; rebuilt once in backward
-    model.base_model._batcher.checkpoint = False
+    assert calls == {"forward": 0, "batched": 1}  # four (24, 3) factors in one call (default: no rebuild)
+    model.base_model._batcher.checkpoint = True
     model(torch.randn(2, 24)).sum().backward()
-    assert calls == {"forward": 0, "batched": 3}
+    assert calls == {"forward": 0, "batched": 3}  # checkpointed: built once more in the backward
 
 
 def test_eval_cache_is_used_without_grad(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,9 +17,10 @@ Only the free entries are stored, so every mapping has
 
 Because :math:`\mathcal L` has :math:`K'` nonzero columns, :math:`SX = \mathcal L_{:,:K'}X_{:K'}
 - [\mathcal L_{:,:K'}^\top X;\,0]` costs :math:`O(nK'c)` for :math:`X\in\mathbb R^{n\times c}`;
-no mapping forms an ``n x n`` matrix: ``taylor`` and ``neumann`` are Horner series, ``cayley`` is
-exact by Woodbury, and ``exp`` is exact through the rank-``2K'`` compression of S
-(:func:`skew_compression`): the function φ of one ``2K' x 2K'`` matrix and :math:`O(nK'(K'+K))` work.
+no mapping forms an ``n x n`` matrix: ``neumann`` is a Horner series, ``cayley`` is exact by Woodbury,
+and ``exp`` and ``taylor`` go through the rank-``2K'`` compression of S (:func:`skew_compression`,
+:func:`compressed_apply`): a function of one ``2K' x 2K'`` matrix (φ, or Taylor's truncated polynomial)
+and :math:`O(nK'(K'+K))` work.
 
 **Staying on the manifold.** ``exp`` and ``cayley`` are orthonormal at every :math:`\|S\|`.  The truncated
 series are not: Taylor's error is about :math:`\|S\|^{P+1}/(P+1)!` (P = 18 is accurate up to
@@ -38,7 +39,7 @@ diagonal are ignored) and return ``Tensor[..., n, k]``: :func:`taylor_columns`,
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -105,21 +106,10 @@ def skew_dense(theta: Tensor) -> Tensor:
     return low - low.mT
 
 
-def taylor_apply(a: Tensor, x: Tensor, order: int) -> Tensor:
-    r""":math:`Q_T X` by Horner: :math:`X + S(X + \tfrac12 S(\cdots(X + \tfrac1P SX)))`.
-
-    ``a: [..., n, K']`` strictly lower, ``x: [..., n, c]``; cost :math:`O(P\,n\,c\,K')`.
-    """
-    y = x
-    for p in range(order, 0, -1):
-        y = x + skew_apply(a, y) / p
-    return y
-
-
 def taylor_columns(theta: Tensor, k: int, order: int) -> Tensor:
     r"""``Q_T[..., :, :k]``: :func:`taylor_apply` on :math:`I[:, :k]`.
 
-    ``theta: [..., n, K']`` → ``[..., n, k]``, cost :math:`O(P\,n\,k\,K')`, no ``n x n`` matrix.
+    ``theta: [..., n, K']`` → ``[..., n, k]``, cost :math:`O(nK'(K'+k))`, no ``n x n`` matrix.
     """
     a = _strict(theta)
     return taylor_apply(a, _eye_columns(a, k), order)
@@ -244,22 +234,52 @@ def phi_function(z: Tensor) -> Tensor:
     return phi
 
 
-def exp_apply(a: Tensor, x: Tensor) -> Tensor:
-    r""":math:`\exp(S)X` exactly, for ``a = L[..., :, :K']`` strictly lower and ``x: [..., n, c]``.
+def taylor_series(z: Tensor, order: int) -> Tensor:
+    r""":math:`\tau_P(Z) = \sum_{p=1}^{P} Z^{p-1}/p!` by Horner (``z[..., m, m]``; for :func:`taylor_apply`)."""
+    inverse_factorials = [1.0]  # 1/p! as floats (no integer overflow at large P)
+    for p in range(1, order + 1):
+        inverse_factorials.append(inverse_factorials[-1] / p)
+    eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand_as(z)
+    tau = eye * inverse_factorials[order]
+    for p in range(order - 1, 0, -1):
+        tau = eye * inverse_factorials[p] + z @ tau
+    return tau
 
-    With :func:`skew_compression`, :math:`(\hat W M\hat W^\top)^p = \hat W (MG)^{p-1} M \hat W^\top`, so
 
-    .. math:: \exp(S)X = X + \hat W\,\big(\varphi(MG)\,M\big)\,\hat W^\top X,
+def compressed_apply(a: Tensor, x: Tensor, series: Callable[[Tensor], Tensor]) -> Tensor:
+    r""":math:`f(S)X = X + \hat W\,\big(g(MG)\,M\big)\,\hat W^\top X` for a power series
+    :math:`f(S) = I + \sum_{p\ge1} c_p S^p`, with ``series(Z)`` :math:`= g(Z) = \sum_{p\ge1} c_p Z^{p-1}`.
 
-    exact at every :math:`\|S\|` (:func:`phi_function` runs in float64 on ``2K' x 2K'`` matrices).
+    With :func:`skew_compression`, :math:`S^p = \hat W (MG)^{p-1} M \hat W^\top`, so only ``g`` of one
+    ``2K' x 2K'`` matrix is evaluated (in float64); ``a = L[..., :, :K']`` strictly lower, ``x: [..., n, c]``.
     Cost :math:`O(nK'(K'+c))`, no ``n x n`` matrix.
     """
     kp = a.shape[-1]
     y, m, g = skew_compression(a)
-    core = (phi_function(m @ g) @ m).to(a.dtype)
+    core = (series(m @ g) @ m).to(a.dtype)
     wx = torch.cat([x[..., :kp, :], y.mT @ x[..., kp:, :]], -2)  # Ŵᵀx, [..., 2K', c]
     z = core @ wx
     return x + torch.cat([z[..., :kp, :], y @ z[..., kp:, :]], -2)
+
+
+def taylor_apply(a: Tensor, x: Tensor, order: int) -> Tensor:
+    r""":math:`Q_T X = \sum_{p=0}^{P} S^pX/p!` through the rank-``2K'`` compression (:func:`compressed_apply`
+    with :func:`taylor_series`): the same truncated polynomial as the Horner series
+    :math:`X + S(X + \tfrac12 S(\cdots(X + \tfrac1P SX)))`, in :math:`O(nK'(K'+c))` instead of
+    :math:`O(P\,n\,c\,K')`.  ``a: [..., n, K']`` strictly lower, ``x: [..., n, c]``.
+    """
+    return compressed_apply(a, x, lambda z: taylor_series(z, order))
+
+
+def exp_apply(a: Tensor, x: Tensor) -> Tensor:
+    r""":math:`\exp(S)X` exactly, for ``a = L[..., :, :K']`` strictly lower and ``x: [..., n, c]``:
+    :func:`compressed_apply` with :math:`\varphi(Z) = \sum_{q\ge0} Z^q/(q+1)!` (:func:`phi_function`),
+
+    .. math:: \exp(S)X = X + \hat W\,\big(\varphi(MG)\,M\big)\,\hat W^\top X,
+
+    exact at every :math:`\|S\|` (φ runs in float64 on ``2K' x 2K'`` matrices).
+    """
+    return compressed_apply(a, x, phi_function)
 
 
 def exp_columns(theta: Tensor, k: int) -> Tensor:
@@ -393,7 +413,7 @@ class ExpMapping(LowerEntries):
 
 @register_mapping("taylor")
 class TaylorMapping(_SeriesMapping):
-    r""":math:`U = \sum_{p=0}^{P} S^p/p!\,[:, :K]` in Horner form, :math:`O(P\,n\,K\,K')`.
+    r""":math:`U = \sum_{p=0}^{P} S^p/p!\,[:, :K]` through the rank-``2K'`` compression, :math:`O(nK'(K'+K))`.
 
     Options: ``intrinsic_rank`` (K', default K), ``init_std`` (0.01), ``order`` (P, 18).
     Count: :math:`nK' - K'(K'+1)/2`.

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mapping
 from qpeft.unitary.pauli import (
     apply_two_design,
+    two_design_columns,
     site_count,
     two_design_gate_count,
     two_design_signs,
@@ -54,21 +55,23 @@ def skew_from_params(theta: Tensor, node_size: int) -> Tensor:
     return lower - lower.transpose(-1, -2)
 
 
-def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int, signs: Tensor) -> Tensor:
-    """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order.
+def node_gates(theta: Tensor, node_size: int) -> Tensor:
+    """``Tensor[..., G, M, M]``: the nodes :math:`\\exp(\\mathcal L-\\mathcal L^\\top)` of ``theta[..., G, M(M-1)/2]``.
 
     The tiny ``M x M`` exponentials run in float64 (single precision leaves ~1e-7 of non-orthogonality
     per node, which accumulates over the circuit), then are cast back to ``theta``'s dtype.
     """
-    skew = skew_from_params(theta, node_size)
-    gates = torch.linalg.matrix_exp(skew.to(torch.float64)).to(theta.dtype)
-    return apply_two_design(gates, x, signs, n_sites, layers)
+    return torch.linalg.matrix_exp(skew_from_params(theta, node_size).to(torch.float64)).to(theta.dtype)
+
+
+def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int, signs: Tensor) -> Tensor:
+    """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order."""
+    return apply_two_design(node_gates(theta, node_size), x, signs, n_sites, layers)
 
 
 def node_columns(theta: Tensor, node_size: int, n_sites: int, layers: int, k: int, signs: Tensor) -> Tensor:
     """``Tensor[..., M**q, k]``: the first ``k`` columns of the node circuit (batched over ``...``)."""
-    eye = torch.eye(node_size**n_sites, k, dtype=theta.dtype, device=theta.device)
-    return node_apply(theta, eye, node_size, n_sites, layers, signs)
+    return two_design_columns(node_gates(theta, node_size), signs, n_sites, layers, k)
 
 
 def _check_node_size(node_size: object) -> int:

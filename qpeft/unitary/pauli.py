@@ -74,6 +74,11 @@ def two_design_gate_count(n_sites: int, layers: int) -> int:
     return (2 * layers + 1) * n_sites - 2 * layers
 
 
+def pair_signs(site_size: int = 2) -> Tensor:
+    """``Tensor[M, M]``: the sign node of one pair, :math:`(-1)^{\\mathrm{popcount}(a\\wedge b)}` at digits ``(a, b)``."""
+    return two_design_signs(2, site_size)[0].view(site_size, site_size)
+
+
 def two_design_signs(n_sites: int, site_size: int = 2) -> Tensor:
     """``Tensor[2, site_size**n_sites]`` of :math:`\\pm1`: the diagonal of the even / odd entangling sublayer.
 
@@ -110,19 +115,21 @@ def _gates_on_sites(gates: list[Tensor], x: Tensor, first: int, site_size: int) 
     return torch.einsum(equation, *gates, view).reshape(x.shape)
 
 
-def apply_two_design(gates: Tensor, x: Tensor, signs: Tensor, n_sites: int, layers: int) -> Tensor:
+def apply_two_design(gates: Tensor, x: Tensor, signs: Tensor, n_sites: int, layers: int, start: int = 0) -> Tensor:
     """The Eq. 2 circuit times ``x``: ``gates[..., G, M, M]`` (schedule order), ``x[..., N, m]``.
 
     ``G = two_design_gate_count(n_sites, layers)``, ``N = M**n_sites``; leading batch shapes of
     ``gates`` and ``x`` broadcast.  Consecutive sites of a sublayer are applied together
-    (``FUSED_STATES``).  Cost :math:`O(G\\,N\\,m\\,M)` up to the fusion factor.
+    (``FUSED_STATES``).  Cost :math:`O(G\\,N\\,m\\,M)` up to the fusion factor.  ``start > 0`` skips the
+    first ``start`` sublayers of :func:`two_design_schedule` (``x`` is then the state after them).
     """
     site_size = gates.shape[-1]
     fuse = max(1, int(math.log(FUSED_STATES) / math.log(site_size) + 1e-9))
     batch = torch.broadcast_shapes(gates.shape[:-3], x.shape[:-2])
     x = x.expand(*batch, *x.shape[-2:])
-    g = 0
-    for row, sites in two_design_schedule(n_sites, layers):
+    schedule = two_design_schedule(n_sites, layers)
+    g = sum(len(sites) for _, sites in schedule[:start])
+    for row, sites in schedule[start:]:
         if row is not None:
             x = x * signs[row].to(x.dtype).unsqueeze(-1)
         for start in range(0, len(sites), fuse):  # a sublayer's sites are consecutive
@@ -130,6 +137,42 @@ def apply_two_design(gates: Tensor, x: Tensor, signs: Tensor, n_sites: int, laye
             x = _gates_on_sites([gates[..., g + j, :, :] for j in range(len(chunk))], x, chunk[0], site_size)
             g += len(chunk)
     return x
+
+
+def two_design_columns(gates: Tensor, signs: Tensor, n_sites: int, layers: int, k: int) -> Tensor:
+    """``Tensor[..., N, k]``: the first ``k`` columns of the Eq. 2 circuit (``gates`` as in :func:`apply_two_design`).
+
+    Column ``j`` starts as the basis state :math:`\\bigotimes_i e_{d_i(j)}` (``d_i(j)``: digit ``i`` of ``j``), so
+    after the leading layer it is the product state :math:`\\bigotimes_i g_i[:, d_i(j)]`, and after the first
+    even sublayer still a product over the pairs :math:`(2p, 2p{+}1)`, each the :math:`M^2`-vector
+    :math:`(g\\otimes g')\\,D\\,(v_{2p}\\otimes v_{2p+1})`.  Only these small vectors are computed; outer products
+    expand them into the ``N``-vector (about :math:`\\tfrac43 Nk` work), and :func:`apply_two_design` applies
+    the remaining sublayers: for ``L = 1`` one of the three passes over the state.  Same values as
+    :func:`apply_two_design` on :math:`I[:, :k]`.
+    """
+    site_size = gates.shape[-1]
+    column = torch.arange(k, device=gates.device)
+    digits = torch.stack([(column // site_size ** (n_sites - 1 - i)) % site_size for i in range(n_sites)])
+    onehot = torch.nn.functional.one_hot(digits, site_size).to(gates.dtype).mT  # [q, M, k]
+    sites = gates[..., :n_sites, :, :] @ onehot  # [..., q, M, k]: g_i[:, d_i(j)]
+    schedule = two_design_schedule(n_sites, layers)
+    start = 1
+    if len(schedule) > 1 and schedule[1][0] == 0:  # the first even sublayer keeps a product over its pairs
+        pairs = n_sites // 2
+        first, second = sites[..., 0 : 2 * pairs : 2, :, :], sites[..., 1 : 2 * pairs : 2, :, :]
+        joint = first.unsqueeze(-2) * second.unsqueeze(-3)  # [..., P, M, M, k]: v ⊗ v'
+        joint = joint * pair_signs(site_size).to(joint).unsqueeze(-1)  # D acts first
+        g1 = gates[..., n_sites : n_sites + 2 * pairs : 2, :, :]
+        g2 = gates[..., n_sites + 1 : n_sites + 2 * pairs : 2, :, :]
+        joint = torch.einsum("...ab,...cd,...bdk->...ack", g1, g2, joint).flatten(-3, -2)  # [..., P, M², k]
+        blocks = list(joint.unbind(-3)) + ([sites[..., -1, :, :]] if n_sites % 2 else [])
+        start = 2
+    else:
+        blocks = list(sites.unbind(-3))
+    state = blocks[0]
+    for block in blocks[1:]:
+        state = (state.unsqueeze(-2) * block.unsqueeze(-3)).flatten(-3, -2)
+    return apply_two_design(gates, state, signs, n_sites, layers, start)
 
 
 def ry(theta: Tensor) -> Tensor:
@@ -145,8 +188,7 @@ def pauli_apply(theta: Tensor, x: Tensor, n_qubits: int, layers: int, signs: Ten
 
 def pauli_columns(theta: Tensor, n_qubits: int, layers: int, k: int, signs: Tensor) -> Tensor:
     """``Tensor[..., 2**n_qubits, k]``: the first ``k`` columns of :math:`Q_P(\\theta)` (batched over ``...``)."""
-    eye = torch.eye(2**n_qubits, k, dtype=theta.dtype, device=theta.device)
-    return pauli_apply(theta, eye, n_qubits, layers, signs)
+    return two_design_columns(ry(theta), signs, n_qubits, layers, k)
 
 
 @register_mapping("pauli")
