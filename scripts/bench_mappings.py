@@ -75,13 +75,13 @@ def side_by_side(n: int, k: int, repeats: int) -> dict:
     torch.manual_seed(0)
     pauli = build_mapping("pauli", n, k)
     theta = pauli.theta.detach().requires_grad_(True)
-    n_qubits, layers, signs = pauli.n_qubits, pauli.layers, pauli.signs
+    n_qubits, layers = pauli.n_qubits, pauli.layers
 
     def pauli_k() -> None:
-        pauli_columns(theta, n_qubits, layers, k, signs).sum().backward()
+        pauli_columns(theta, n_qubits, layers, k).sum().backward()
 
     def pauli_full() -> None:
-        pauli_columns(theta, n_qubits, layers, n, signs)[:, :k].sum().backward()
+        pauli_columns(theta, n_qubits, layers, n)[:, :k].sum().backward()
 
     lie = build_mapping("taylor", n, k, init_std=0.01)
     block = lie.theta_block().detach().requires_grad_(True)

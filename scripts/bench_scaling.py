@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qpeft.io import atomic_write_text  # noqa: E402
 from timing import median_ms  # noqa: E402
 from qpeft.unitary.lie import lie_count, lower_block, taylor_columns, taylor_dense  # noqa: E402
-from qpeft.unitary.pauli import pauli_apply, pauli_columns, two_design_gate_count, two_design_signs  # noqa: E402
+from qpeft.unitary.pauli import pauli_apply, pauli_columns, two_design_gate_count  # noqa: E402
 
 DENSE_MAX = {"pauli-dense": 2**12, "taylor-dense": 2**13}  # beyond: N×N activations of several GiB
 
@@ -41,10 +41,9 @@ def builder(kind: str, n: int, k: int, layers: int, order: int) -> tuple[torch.T
     if kind.startswith("pauli"):
         q = int(math.log2(n))
         theta = torch.randn(two_design_gate_count(q, layers)).requires_grad_()
-        signs = two_design_signs(q)
         if kind == "pauli":
-            return theta, lambda: pauli_columns(theta, q, layers, k, signs)
-        return theta, lambda: pauli_apply(theta, torch.eye(n), q, layers, signs)[:, :k]
+            return theta, lambda: pauli_columns(theta, q, layers, k)
+        return theta, lambda: pauli_apply(theta, torch.eye(n), q, layers)[:, :k]
     theta = (0.01 * torch.randn(lie_count(n, k))).requires_grad_()
     core = taylor_columns if kind == "taylor" else taylor_dense
     return theta, lambda: core(lower_block(theta, n, k), k, order)

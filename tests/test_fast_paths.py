@@ -16,7 +16,7 @@ from torch import nn
 from qpeft import QPeftConfig, get_qpeft_model
 from qpeft.unitary.lie import lower_block, skew_dense, taylor_apply, taylor_columns
 from qpeft.unitary.node import node_apply, node_columns
-from qpeft.unitary.pauli import apply_two_design, pauli_columns, ry, two_design_gate_count, two_design_signs
+from qpeft.unitary.pauli import apply_two_design, pauli_columns, ry, two_design_gate_count
 from tests.test_unitary_node import node_dense_reference
 from tests.test_unitary_pauli import pauli_dense_reference
 
@@ -78,10 +78,9 @@ def test_pauli_columns_fast_path_values_and_grads(n_qubits: int, layers: int, k:
     k = min(k, n)
     torch.manual_seed(10 * n_qubits + layers)
     theta = torch.randn(2, two_design_gate_count(n_qubits, layers), dtype=F64, requires_grad=True)
-    signs = two_design_signs(n_qubits).to(F64)
     weight = torch.randn(2, n, k, dtype=F64)
-    fast = pauli_columns(theta, n_qubits, layers, k, signs)
-    circuit = apply_two_design(ry(theta), torch.eye(n, k, dtype=F64), signs, n_qubits, layers)
+    fast = pauli_columns(theta, n_qubits, layers, k)
+    circuit = apply_two_design(ry(theta), torch.eye(n, k, dtype=F64), n_qubits, layers)
     dense = torch.stack([pauli_dense_reference(t, n_qubits, layers)[:, :k] for t in theta])
     torch.testing.assert_close(fast, circuit, rtol=0, atol=1e-12)
     torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)
@@ -95,10 +94,9 @@ def test_node_columns_fast_path_values_and_grads(m: int, q: int, layers: int, k:
     torch.manual_seed(m * q)
     gates = two_design_gate_count(q, layers)
     theta = torch.randn(gates, m * (m - 1) // 2, dtype=F64, requires_grad=True)
-    signs = two_design_signs(q, m).to(F64)
     weight = torch.randn(m**q, k, dtype=F64)
-    fast = node_columns(theta, m, q, layers, k, signs)
-    full = node_apply(theta, torch.eye(m**q, k, dtype=F64), m, q, layers, signs)
+    fast = node_columns(theta, m, q, layers, k)
+    full = node_apply(theta, torch.eye(m**q, k, dtype=F64), m, q, layers)
     dense = node_dense_reference(theta, m, q, layers)[:, :k]
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
     torch.testing.assert_close(fast, dense, rtol=0, atol=1e-12)

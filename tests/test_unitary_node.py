@@ -77,11 +77,10 @@ def test_orthonormal_at_init_and_after_adam(m: int, n: int, k: int) -> None:
 def test_jacobian_full_rank(m: int, q: int, layers: int) -> None:
     n = m**q
     gates, per_node = two_design_gate_count(q, layers), m * (m - 1) // 2
-    signs = two_design_signs(q, m).double()
     theta = torch.randn(gates * per_node, dtype=torch.float64)
 
     def full(t: torch.Tensor) -> torch.Tensor:
-        return node_columns(t.view(gates, per_node), m, q, layers, n, signs)
+        return node_columns(t.view(gates, per_node), m, q, layers, n)
 
     jac = jacfwd(full)(theta).reshape(n * n, -1)
     assert torch.linalg.matrix_rank(jac).item() == theta.numel()

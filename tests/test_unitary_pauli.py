@@ -81,9 +81,8 @@ def test_orthonormal_at_init_and_after_adam(n: int, k: int) -> None:
 @pytest.mark.parametrize(("n_qubits", "layers"), [(5, 2), (4, 1), (3, 3)])
 def test_jacobian_full_rank(n_qubits: int, layers: int) -> None:
     n = 2**n_qubits
-    signs = two_design_signs(n_qubits).double()
     theta = torch.randn(two_design_gate_count(n_qubits, layers), dtype=torch.float64)
-    jac = jacfwd(lambda t: pauli_columns(t, n_qubits, layers, n, signs))(theta).reshape(n * n, -1)
+    jac = jacfwd(lambda t: pauli_columns(t, n_qubits, layers, n))(theta).reshape(n * n, -1)
     assert torch.linalg.matrix_rank(jac).item() == theta.numel()
 
 
@@ -100,11 +99,10 @@ def test_num_parameters_is_numel(n_qubits: int, layers: int) -> None:
 
 def test_batched_core_matches_per_sample() -> None:
     n_qubits, layers, k = 4, 2, 3
-    signs = two_design_signs(n_qubits)
     theta = torch.randn(2, 3, two_design_gate_count(n_qubits, layers))
-    out = pauli_columns(theta, n_qubits, layers, k, signs)
+    out = pauli_columns(theta, n_qubits, layers, k)
     assert out.shape == (2, 3, 16, k)
-    torch.testing.assert_close(out[1, 2], pauli_columns(theta[1, 2], n_qubits, layers, k, signs))
+    torch.testing.assert_close(out[1, 2], pauli_columns(theta[1, 2], n_qubits, layers, k))
 
 
 def test_signs_are_cz() -> None:

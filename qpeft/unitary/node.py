@@ -26,7 +26,7 @@ being :math:`(G\otimes G')\,D` with :math:`D` acting first.  Trainable count, fo
 
 With :math:`M=2`, the node parameter :math:`a` gives :math:`\exp\begin{psmallmatrix}0&-a\\a&0\end{psmallmatrix}
 = R_Y(2a)`, so ``node`` reproduces ``pauli`` with :math:`\theta = 2a`.  Truncation :math:`U = Q[:, :K]`;
-the first :math:`K` columns are computed by site-wise contractions, cost :math:`O(L\,N\,K\,M\,q)` plus
+the first :math:`K` columns are computed as for Pauli (:func:`qpeft.unitary.pauli.two_design_columns`), plus
 one batched ``matrix_exp`` over all nodes.
 """
 
@@ -43,7 +43,6 @@ from qpeft.unitary.pauli import (
     two_design_columns,
     site_count,
     two_design_gate_count,
-    two_design_signs,
 )
 
 
@@ -64,14 +63,14 @@ def node_gates(theta: Tensor, node_size: int) -> Tensor:
     return torch.linalg.matrix_exp(skew_from_params(theta, node_size).to(torch.float64)).to(theta.dtype)
 
 
-def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int, signs: Tensor) -> Tensor:
+def node_apply(theta: Tensor, x: Tensor, node_size: int, n_sites: int, layers: int) -> Tensor:
     """The node circuit times ``x[..., M**q, m]``; ``theta[..., G, M(M-1)/2]`` in schedule order."""
-    return apply_two_design(node_gates(theta, node_size), x, signs, n_sites, layers)
+    return apply_two_design(node_gates(theta, node_size), x, n_sites, layers)
 
 
-def node_columns(theta: Tensor, node_size: int, n_sites: int, layers: int, k: int, signs: Tensor) -> Tensor:
+def node_columns(theta: Tensor, node_size: int, n_sites: int, layers: int, k: int) -> Tensor:
     """``Tensor[..., M**q, k]``: the first ``k`` columns of the node circuit (batched over ``...``)."""
-    return two_design_columns(node_gates(theta, node_size), signs, n_sites, layers, k)
+    return two_design_columns(node_gates(theta, node_size), n_sites, layers, k)
 
 
 def _check_node_size(node_size: object) -> int:
@@ -101,7 +100,6 @@ class NodeMap(StiefelMap):
         self.init_std = check_real("init_std", init_std, 0.0)
         gates = two_design_gate_count(self.n_sites, self.layers)
         self.theta = nn.Parameter(torch.empty(gates, node_size * (node_size - 1) // 2))
-        self.register_buffer("signs", two_design_signs(self.n_sites, node_size), persistent=False)
         self.reset_parameters()
 
     @staticmethod
@@ -118,11 +116,11 @@ class NodeMap(StiefelMap):
             self.theta.normal_(0.0, self.init_std)
 
     def forward(self) -> Tensor:
-        return node_columns(self.theta, self.node_size, self.n_sites, self.layers, self.k, self.signs)
+        return node_columns(self.theta, self.node_size, self.n_sites, self.layers, self.k)
 
     def matmul(self, x: Tensor) -> Tensor:
         """:math:`Q x` with the whole ``n x n`` orthogonal matrix, for ``x[..., n, m]``."""
-        return node_apply(self.theta, x, self.node_size, self.n_sites, self.layers, self.signs)
+        return node_apply(self.theta, x, self.node_size, self.n_sites, self.layers)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, k={self.k}, node_size={self.node_size}, layers={self.layers}"

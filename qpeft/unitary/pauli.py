@@ -22,10 +22,13 @@ Both parities of :math:`n` are supported (for even :math:`n` the odd sublayer le
 For :math:`N=2` (one qubit) the layers contain no pair, hence no gate and no angle: the circuit is the
 single rotation :math:`R_Y(\theta_0)` and the formula gives 1 for every :math:`L`.
 
-Truncation: :math:`U = Q_P[:, :K]`, the first :math:`K` columns.  Only those columns are computed: the
-basis vectors :math:`e_0..e_{K-1}` are reshaped to a :math:`(2,)^n\times K` tensor, each RY is a
-:math:`2\times2` contraction along its qubit axis and each CZ sublayer is a fixed :math:`\pm1` sign
-vector, for a cost of :math:`O(L\,N\,K\log_2 N)`; no :math:`N\times N` matrix is formed.
+Truncation: :math:`U = Q_P[:, :K]`, the first :math:`K` columns.  Only those columns are computed
+(:func:`two_design_columns`): the basis vectors :math:`e_0..e_{K-1}` are product states, and they stay
+products through the leading layer and the first even sublayer, so only small per-site and per-pair
+vectors are formed before the state is expanded; the remaining sublayers are Kronecker products over
+chunks of at most ``FUSED_STATES`` states, each chunk one small dense operator (gates and CZ signs
+multiplied out, :func:`chunk_plan`) contracted with the state.  Cost :math:`O(L\,N\,K\log_2 N)` up to the
+chunk size; no :math:`N\times N` matrix is formed.
 
 The gate-application core :func:`apply_two_design` is shared with the generalized-node mapping
 (:mod:`qpeft.unitary.node`), where qubits become :math:`M`-level sites.
@@ -33,8 +36,10 @@ The gate-application core :func:`apply_two_design` is shared with the generalize
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -74,72 +79,137 @@ def two_design_gate_count(n_sites: int, layers: int) -> int:
     return (2 * layers + 1) * n_sites - 2 * layers
 
 
-def pair_signs(site_size: int = 2) -> Tensor:
-    """``Tensor[M, M]``: the sign node of one pair, :math:`(-1)^{\\mathrm{popcount}(a\\wedge b)}` at digits ``(a, b)``."""
-    return two_design_signs(2, site_size)[0].view(site_size, site_size)
+def sign_node(n_sites: int, pairs: Sequence[int], site_size: int = 2) -> Tensor:
+    """``Tensor[site_size**n_sites]`` of :math:`\\pm1`: the diagonal of the pair sign nodes on sites
+    ``(j, j + 1)``, ``j`` in ``pairs``.
 
-
-def two_design_signs(n_sites: int, site_size: int = 2) -> Tensor:
-    """``Tensor[2, site_size**n_sites]`` of :math:`\\pm1`: the diagonal of the even / odd entangling sublayer.
-
-    The pair gate on sites with digits :math:`(a,b)` is :math:`(-1)^{\\mathrm{popcount}(a\\wedge b)}`
+    The node on sites with digits :math:`(a,b)` is :math:`(-1)^{\\mathrm{popcount}(a\\wedge b)}`
     (bitwise AND), which is exactly CZ for ``site_size=2``.
     """
-    n = site_size**n_sites
-    index = torch.arange(n)
+    index = torch.arange(site_size**n_sites)
     digits = [(index // site_size ** (n_sites - 1 - j)) % site_size for j in range(n_sites)]
-    signs = torch.ones(2, n)
-    for row in (0, 1):
-        for j in range(row, n_sites - 1, 2):
-            both = digits[j] & digits[j + 1]
-            parity = sum((both >> b) & 1 for b in range((site_size - 1).bit_length()))
-            signs[row] *= 1 - 2 * (parity % 2)
+    signs = torch.ones(site_size**n_sites)
+    for j in pairs:
+        both = digits[j] & digits[j + 1]
+        parity = sum((both >> b) & 1 for b in range((site_size - 1).bit_length()))
+        signs = signs * (1 - 2 * (parity % 2))
     return signs
 
 
-#: sites fused into one pass over ``x``: their gates' Kronecker product (at most this many states)
+def two_design_signs(n_sites: int, site_size: int = 2) -> Tensor:
+    """``Tensor[2, site_size**n_sites]``: the diagonal of the even / odd entangling sublayer (:func:`sign_node`)."""
+    return torch.stack([sign_node(n_sites, range(row, n_sites - 1, 2), site_size) for row in (0, 1)])
+
+
+#: sites fused into one pass over the state: one dense operator on at most this many states
 FUSED_STATES = 16
-_LETTERS = "abcdefghijklmnopqrstuvwx"
 
 
-def _gates_on_sites(gates: list[Tensor], x: Tensor, first: int, site_size: int) -> Tensor:
-    """Apply ``gates[j][..., M, M]`` to site ``first + j`` of ``x[..., N, m]`` in one einsum.
+@dataclass(frozen=True)
+class _Chunk:
+    """Consecutive sites ``first .. first + sites - 1`` acted on by one dense ``M^sites x M^sites`` operator: the
+    product of ``steps`` (applied in order), each ``(gates, pairs)``: the gate index of every site (``None``:
+    idle) and the local offsets ``j`` of the pairs ``(j, j + 1)`` whose sign node acts first."""
 
-    torch contracts the small gates first (their Kronecker product), then makes one pass over ``x``:
-    fewer passes over the large tensor than one contraction per site (about 2x faster when batched).
+    first: int
+    sites: int
+    steps: tuple[tuple[tuple[int | None, ...], tuple[int, ...]], ...]
+
+
+def _chunks(n_sites: int, pair_starts: set[int], fuse: int) -> list[tuple[int, int]]:
+    """``(first, sites)`` of consecutive groups of at most ``fuse`` sites (at least one block) that never cut a
+    pair ``(j, j + 1)``, ``j`` in ``pair_starts``."""
+    chunks: list[tuple[int, int]] = []
+    site = 0
+    while site < n_sites:
+        block = 2 if site in pair_starts else 1
+        if chunks and chunks[-1][1] + block <= fuse and chunks[-1][0] + chunks[-1][1] == site:
+            chunks[-1] = (chunks[-1][0], chunks[-1][1] + block)
+        else:
+            chunks.append((site, block))
+        site += block
+    return chunks
+
+
+@functools.cache
+def chunk_plan(n_sites: int, layers: int, site_size: int, start: int = 0) -> tuple[tuple[_Chunk, ...], ...]:
+    """The sublayers of :func:`two_design_schedule` from ``start`` on, as passes of :class:`_Chunk` s.
+
+    A sublayer (its sign node included) is a Kronecker product over chunks that do not cut its pairs;
+    consecutive sublayers with the same chunks are multiplied into one pass (the leading layer and the first
+    even sublayer: for ``L = 1`` two passes over the state instead of three, and no separate sign passes).
     """
-    count = len(gates)
-    view = x.reshape(*x.shape[:-2], site_size**first, *([site_size] * count), -1)
-    outs, ins = _LETTERS[:count], _LETTERS[count : 2 * count]
-    equation = ",".join(f"...{o}{i}" for o, i in zip(outs, ins)) + f",...y{ins}z->...y{outs}z"
-    return torch.einsum(equation, *gates, view).reshape(x.shape)
+    fuse = max(1, int(math.log(FUSED_STATES) / math.log(site_size) + 1e-9))
+    schedule = two_design_schedule(n_sites, layers)
+    g = sum(len(sites) for _, sites in schedule[:start])
+    passes: list[tuple[list[tuple[int, int]], list[list]]] = []
+    for row, sites in schedule[start:]:
+        index = {site: g + j for j, site in enumerate(sites)}
+        g += len(sites)
+        pair_starts = set(sites[::2]) if row is not None else set()
+        chunks = _chunks(n_sites, pair_starts, fuse)
+        steps = [(tuple(index.get(s) for s in range(first, first + size)),
+                  tuple(s - first for s in range(first, first + size) if s in pair_starts)) for first, size in chunks]
+        if passes and passes[-1][0] == chunks:
+            for chunk_steps, step in zip(passes[-1][1], steps):
+                chunk_steps.append(step)
+        else:
+            passes.append((chunks, [[step] for step in steps]))
+    return tuple(
+        tuple(_Chunk(first, size, tuple(chunk_steps)) for (first, size), chunk_steps in zip(chunks, steps)
+              if any(g is not None for gates, _ in chunk_steps for g in gates))
+        for chunks, steps in passes
+    )
 
 
-def apply_two_design(gates: Tensor, x: Tensor, signs: Tensor, n_sites: int, layers: int, start: int = 0) -> Tensor:
+@functools.cache
+def _chunk_signs(sites: int, pairs: tuple[int, ...], site_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`sign_node` of a chunk, cached per dtype and device."""
+    return sign_node(sites, pairs, site_size).to(dtype=dtype, device=device)
+
+
+def _kron(a: Tensor, b: Tensor) -> Tensor:
+    """Batched Kronecker product of ``a[..., p, p]`` and ``b[..., q, q]``."""
+    return (a[..., :, None, :, None] * b[..., None, :, None, :]).flatten(-4, -3).flatten(-2, -1)
+
+
+def _chunk_operator(gates: Tensor, chunk: _Chunk) -> Tensor:
+    """``Tensor[..., d, d]``: the chunk's steps multiplied out, each the Kronecker product of its site gates
+    (identity where idle) times its sign node (acting first)."""
+    site_size = gates.shape[-1]
+    eye = torch.eye(site_size, dtype=gates.dtype, device=gates.device)
+    op = None
+    for sites, pairs in chunk.steps:
+        step = None
+        for g in sites:
+            factor = eye if g is None else gates[..., g, :, :]
+            step = factor if step is None else _kron(step, factor)
+        if pairs:
+            step = step * _chunk_signs(chunk.sites, pairs, site_size, gates.dtype, gates.device)
+        op = step if op is None else step @ op
+    return op
+
+
+def apply_two_design(gates: Tensor, x: Tensor, n_sites: int, layers: int, start: int = 0) -> Tensor:
     """The Eq. 2 circuit times ``x``: ``gates[..., G, M, M]`` (schedule order), ``x[..., N, m]``.
 
     ``G = two_design_gate_count(n_sites, layers)``, ``N = M**n_sites``; leading batch shapes of
-    ``gates`` and ``x`` broadcast.  Consecutive sites of a sublayer are applied together
-    (``FUSED_STATES``).  Cost :math:`O(G\\,N\\,m\\,M)` up to the fusion factor.  ``start > 0`` skips the
-    first ``start`` sublayers of :func:`two_design_schedule` (``x`` is then the state after them).
+    ``gates`` and ``x`` broadcast.  ``start > 0`` skips the first ``start`` sublayers of
+    :func:`two_design_schedule` (``x`` is then the state after them).  The sublayers run as the passes of
+    :func:`chunk_plan`: per chunk one small dense operator (gates and sign nodes multiplied out) contracted
+    with the chunk's sites in one einsum.  Cost :math:`O(L\\,N\\,m\\,\\text{FUSED\\_STATES}\\log_M N)`.
     """
     site_size = gates.shape[-1]
-    fuse = max(1, int(math.log(FUSED_STATES) / math.log(site_size) + 1e-9))
     batch = torch.broadcast_shapes(gates.shape[:-3], x.shape[:-2])
     x = x.expand(*batch, *x.shape[-2:])
-    schedule = two_design_schedule(n_sites, layers)
-    g = sum(len(sites) for _, sites in schedule[:start])
-    for row, sites in schedule[start:]:
-        if row is not None:
-            x = x * signs[row].to(x.dtype).unsqueeze(-1)
-        for start in range(0, len(sites), fuse):  # a sublayer's sites are consecutive
-            chunk = sites[start : start + fuse]
-            x = _gates_on_sites([gates[..., g + j, :, :] for j in range(len(chunk))], x, chunk[0], site_size)
-            g += len(chunk)
+    for chunks in chunk_plan(n_sites, layers, site_size, start):
+        for chunk in chunks:
+            view = x.reshape(*batch, site_size**chunk.first, site_size**chunk.sites, -1)
+            x = torch.einsum("...ij,...pjq->...piq", _chunk_operator(gates, chunk), view).reshape(x.shape)
     return x
 
 
-def two_design_columns(gates: Tensor, signs: Tensor, n_sites: int, layers: int, k: int) -> Tensor:
+def two_design_columns(gates: Tensor, n_sites: int, layers: int, k: int) -> Tensor:
     """``Tensor[..., N, k]``: the first ``k`` columns of the Eq. 2 circuit (``gates`` as in :func:`apply_two_design`).
 
     Column ``j`` starts as the basis state :math:`\\bigotimes_i e_{d_i(j)}` (``d_i(j)``: digit ``i`` of ``j``), so
@@ -161,7 +231,7 @@ def two_design_columns(gates: Tensor, signs: Tensor, n_sites: int, layers: int, 
         pairs = n_sites // 2
         first, second = sites[..., 0 : 2 * pairs : 2, :, :], sites[..., 1 : 2 * pairs : 2, :, :]
         joint = first.unsqueeze(-2) * second.unsqueeze(-3)  # [..., P, M, M, k]: v ⊗ v'
-        joint = joint * pair_signs(site_size).to(joint).unsqueeze(-1)  # D acts first
+        joint = joint * sign_node(2, (0,), site_size).to(joint).view(site_size, site_size, 1)  # D acts first
         g1 = gates[..., n_sites : n_sites + 2 * pairs : 2, :, :]
         g2 = gates[..., n_sites + 1 : n_sites + 2 * pairs : 2, :, :]
         joint = torch.einsum("...ab,...cd,...bdk->...ack", g1, g2, joint).flatten(-3, -2)  # [..., P, M², k]
@@ -172,7 +242,7 @@ def two_design_columns(gates: Tensor, signs: Tensor, n_sites: int, layers: int, 
     state = blocks[0]
     for block in blocks[1:]:
         state = (state.unsqueeze(-2) * block.unsqueeze(-3)).flatten(-3, -2)
-    return apply_two_design(gates, state, signs, n_sites, layers, start)
+    return apply_two_design(gates, state, n_sites, layers, start)
 
 
 def ry(theta: Tensor) -> Tensor:
@@ -181,14 +251,14 @@ def ry(theta: Tensor) -> Tensor:
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
-def pauli_apply(theta: Tensor, x: Tensor, n_qubits: int, layers: int, signs: Tensor) -> Tensor:
+def pauli_apply(theta: Tensor, x: Tensor, n_qubits: int, layers: int) -> Tensor:
     """:math:`Q_P(\\theta)\\,x` for ``theta[..., P]`` and any ``x[..., 2**n_qubits, m]``."""
-    return apply_two_design(ry(theta), x, signs, n_qubits, layers)
+    return apply_two_design(ry(theta), x, n_qubits, layers)
 
 
-def pauli_columns(theta: Tensor, n_qubits: int, layers: int, k: int, signs: Tensor) -> Tensor:
+def pauli_columns(theta: Tensor, n_qubits: int, layers: int, k: int) -> Tensor:
     """``Tensor[..., 2**n_qubits, k]``: the first ``k`` columns of :math:`Q_P(\\theta)` (batched over ``...``)."""
-    return two_design_columns(ry(theta), signs, n_qubits, layers, k)
+    return two_design_columns(ry(theta), n_qubits, layers, k)
 
 
 @register_mapping("pauli")
@@ -209,7 +279,6 @@ class PauliMap(StiefelMap):
         self.layers = check_int("layers", layers, 0)
         self.init_std = check_real("init_std", init_std, 0.0)
         self.theta = nn.Parameter(torch.empty(two_design_gate_count(self.n_qubits, self.layers)))
-        self.register_buffer("signs", two_design_signs(self.n_qubits), persistent=False)
         self.reset_parameters()
 
     @staticmethod
@@ -222,11 +291,11 @@ class PauliMap(StiefelMap):
             self.theta.normal_(0.0, self.init_std)
 
     def forward(self) -> Tensor:
-        return pauli_columns(self.theta, self.n_qubits, self.layers, self.k, self.signs)
+        return pauli_columns(self.theta, self.n_qubits, self.layers, self.k)
 
     def matmul(self, x: Tensor) -> Tensor:
         """:math:`Q_P x` with the whole ``n x n`` orthogonal matrix, for ``x[..., n, m]``."""
-        return pauli_apply(self.theta, x, self.n_qubits, self.layers, self.signs)
+        return pauli_apply(self.theta, x, self.n_qubits, self.layers)
 
     def batch_key(self) -> Hashable:
         return (type(self), self.n, self.k, self.layers)
@@ -239,12 +308,12 @@ class PauliMap(StiefelMap):
     @classmethod
     def forward_batched(cls, mappings: Sequence[PauliMap]) -> Tensor:
         first = mappings[0]
-        return pauli_columns(cls.stacked_theta(mappings), first.n_qubits, first.layers, first.k, first.signs)
+        return pauli_columns(cls.stacked_theta(mappings), first.n_qubits, first.layers, first.k)
 
     @classmethod
     def matmul_batched(cls, mappings: Sequence[PauliMap], x: Tensor) -> Tensor:
         first = mappings[0]
-        return pauli_apply(cls.stacked_theta(mappings), x, first.n_qubits, first.layers, first.signs)
+        return pauli_apply(cls.stacked_theta(mappings), x, first.n_qubits, first.layers)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, k={self.k}, layers={self.layers}"
