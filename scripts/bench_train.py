@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,45 +341,57 @@ def run_probe(model: str, method: str, args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------ timing (one process, shared base)
-def bench_model(model: str, args: argparse.Namespace, memory: bool) -> dict[str, dict]:
-    """Every method of ``model`` timed round-robin at ``args.batch x args.seq``; ``memory``: also probe each
-    method's peak memory and adapter size in its own process."""
+def bench_model(model: str, args: argparse.Namespace, runs: list[tuple[tuple[int, int], int]]) -> list[dict[str, dict]]:
+    """Every method of ``model``, built once, timed round-robin at every ``((batch, tokens), threads)`` of
+    ``runs``; unless ``--skip-memory``, each method's peak memory and adapter size are probed in its own
+    process once per shape (at the first thread count: threads do not change the peak)."""
     device = torch.device(args.device)
     base = build_base(model, device, args.autocast)
-    batch = make_batch(model, args.batch, args.seq, device)
-    runners, results = {}, {}
+    runners, built = {}, {}
     for method in methods_for(model, args.configs):
         if reason := unsupported(model, method):
-            results[method] = {"unsupported": reason}
+            built[method] = {"unsupported": reason}
             continue
         private = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})  # frozen weights shared
         adapted = adapt(private, model, method, args)
         adapted.net.to(device)
-        runners[method] = Runner(adapted, batch, args.autocast)
-        results[method] = {"trainable": adapted.trainable, **adapted.info}
+        runners[method] = Runner(adapted, {}, args.autocast)
+        built[method] = {"trainable": adapted.trainable, **adapted.info}
     repeats = args.repeats if model.startswith("deberta") else args.repeats_gpt2
-    tasks: dict[str, Callable[[], None]] = {}
-    for method, runner in runners.items():
-        tasks[f"step/{method}"] = runner.step
-        if runner.is_qpeft:
-            tasks[f"build/{method}"] = runner.build
-    timed = round_robin(tasks, repeats, device)
-    if args.configs == "equal-rank" and not model.endswith("-4bit"):  # 4-bit: no inference timing (docstring)
-        timed |= round_robin({f"infer/{m}": r.infer for m, r in runners.items()}, repeats, device)  # steady eval
-        for method, runner in runners.items():  # merged inference: every adapter folded in (shared W: values moot)
-            if method != "base":
-                runner.net.merge_adapter()
-        timed |= round_robin({f"merged/{m}": r.infer for m, r in runners.items()}, repeats, device)
+    out, probed = [], set()
+    for (batch_size, tokens), threads in runs:
+        torch.set_num_threads(threads)
+        print(f"== {model}: {batch_size} x {tokens}, {threads} thread(s)", flush=True)
+        batch = make_batch(model, batch_size, tokens, device)
+        results = copy.deepcopy(built)
+        tasks: dict[str, Callable[[], None]] = {}
         for method, runner in runners.items():
-            if method != "base":
-                runner.net.unmerge_adapter()
-    for key, value in timed.items():
-        kind, method = key.split("/", 1)
-        results[method][kind] = value
-    if memory:
-        for method in runners:
-            results[method].update(run_probe(model, method, args))
-    return results
+            runner.batch = batch
+            tasks[f"step/{method}"] = runner.step
+            if runner.is_qpeft:
+                tasks[f"build/{method}"] = runner.build
+        timed = round_robin(tasks, repeats, device)
+        if args.configs == "equal-rank" and not model.endswith("-4bit"):  # 4-bit: no inference timing (docstring)
+            timed |= round_robin({f"infer/{m}": r.infer for m, r in runners.items()}, repeats, device)  # steady eval
+            for method, runner in runners.items():  # merged inference: every adapter folded in (shared W: values moot)
+                if method != "base":
+                    runner.net.merge_adapter()
+            timed |= round_robin({f"merged/{m}": r.infer for m, r in runners.items()}, repeats, device)
+            for method, runner in runners.items():
+                if method != "base":
+                    runner.net.unmerge_adapter()
+        for key, value in timed.items():
+            kind, method = key.split("/", 1)
+            results[method][kind] = value
+        if not args.skip_memory and (batch_size, tokens) not in probed:
+            probed.add((batch_size, tokens))
+            args.batch, args.seq = batch_size, tokens
+            for method in runners:
+                results[method].update(run_probe(model, method, args))
+        add_ratios(results)
+        print(table(model, results), "\n", flush=True)
+        out.append(results)
+    return out
 
 
 def add_ratios(results: dict[str, dict]) -> None:
@@ -484,16 +496,6 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes  # type: ignore[return-value]
 
 
-def bench_all(models: Iterable[str], args: argparse.Namespace, memory: bool) -> dict[str, dict]:
-    out = {}
-    for model in models:
-        results = bench_model(model, args, memory)
-        add_ratios(results)
-        out[model] = results
-        print(table(model, results), "\n", flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", choices=("equal-rank", "paper"), default="equal-rank")
@@ -540,22 +542,17 @@ def main() -> None:
         | {"out": str(out), "models": models, "threads": threads},
     }
     start = time.perf_counter()
+    runs = ([(shape, count) for shape in args.shapes for count in threads] if paper
+            else [((args.batch, args.seq), threads[0])])
+    per_model = {model: bench_model(model, args, runs) for model in models}
     if paper:
         report["paper_methods"] = {m: {"experiment": e, "methods": list(ms)} for m, (e, ms) in PAPER.items() if m in models}
-        report["runs"] = []
-        for shape in args.shapes:
-            args.batch, args.seq = shape
-            for index, count in enumerate(threads):
-                torch.set_num_threads(count)
-                print(f"== shape {shape[0]}x{shape[1]}, {count} thread(s)", flush=True)
-                memory = not args.skip_memory and index == 0  # once per shape: threads do not change the peak
-                report["runs"].append({"shape": list(shape), "threads": count,
-                                       "models": bench_all(models, args, memory)})
+        report["runs"] = [{"shape": list(shape), "threads": count, "models": {m: per_model[m][i] for m in models}}
+                          for i, (shape, count) in enumerate(runs)]
     else:
-        torch.set_num_threads(threads[0])
         report["machine"]["threads"] = threads[0]
         report["qpeft_mappings"] = QPEFT_MAPPINGS
-        report["models"] = bench_all(models, args, not args.skip_memory)
+        report["models"] = {m: per_model[m][0] for m in models}
     report["wall_s"] = time.perf_counter() - start
     atomic_write_text(out, json.dumps(report, indent=2, default=str))
     if paper:
