@@ -68,7 +68,8 @@ class FactorBatcher:
     shipped configs (K = 3, 144 factors, 1 CPU thread), the rebuild costs 20-35% of the construction's
     forward+backward (QSD-Pauli 104 → 82 ms, Taylor/exp 19 → 12 ms) to save 5-23 MiB of activations,
     far below the memory the base's own activations take.  ``compile=True`` wraps :func:`build_group` in
-    ``torch.compile`` (off: on CPU the first QSD-Pauli call had not finished compiling after 10 minutes; untested on CUDA).
+    ``torch.compile`` (off by default: on CPU the first QSD-Pauli call had not finished compiling after
+    10 minutes; not measured on CUDA).
     """
 
     def __init__(self, checkpoint: bool = False, compile: bool = False) -> None:

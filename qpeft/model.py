@@ -197,8 +197,8 @@ class QPeftModel(nn.Module):
     ``batch_factors`` (default on): ``forward`` builds the ``U``/``V`` of all adapter layers together,
     grouped by mapping and shape (``qpeft.batching``), instead of layer by layer (without gradients:
     only stale eval caches); same values and gradients.  ``checkpoint_factors`` (default off) rebuilds
-    them in the backward instead of keeping their activations (``qpeft.batching.FactorBatcher``); ``compile_factors`` wraps the build in
-    ``torch.compile``.
+    them in the backward instead of keeping their activations (measured trade-off:
+    ``qpeft.batching.FactorBatcher``); ``compile_factors`` wraps the build in ``torch.compile``.
 
     ``guard`` (:class:`qpeft.guard.UnitarityGuard`) measures ``‖UᵀU − I‖_F`` of the factors every
     ``unitarity_check_every`` training forwards (on the factors that forward built: one host sync) and on

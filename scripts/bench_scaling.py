@@ -6,7 +6,7 @@ allocator noise), for
 
 - ``pauli``: ``pauli_columns`` (K basis columns through the circuit, O(L N K log N));
 - ``pauli-dense``: the whole N×N circuit matrix (identity through the circuit), then K columns;
-- ``taylor``: ``taylor_columns`` (Horner on N×K, O(P N K²));
+- ``taylor``: ``taylor_columns`` (the truncated series through the rank-2K' compression, O(N K²) at K' = K);
 - ``taylor-dense``: ``taylor_dense`` (dense N×N generator S).
 
 The exponent b of ``cost ≈ a·N^b`` is fitted by least squares on log-log, over all N and over N ≥ 2^10.

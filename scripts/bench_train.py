@@ -20,7 +20,9 @@ Two sets of configurations (``--configs``):
 All methods of one model share the frozen base weights and are timed round-robin (method order rotated
 every repeat), so drift hits all alike; the median and the spread (min-max) are reported.
 
-- step: ``zero_grad`` + forward + ``loss.backward()`` (+ AdaLoRA's rank allocator) + AdamW step, under
+- step: ``zero_grad`` + forward + ``loss.backward()`` (+ AdaLoRA's rank allocator) + AdamW step on the next of
+  ``BATCH_POOL`` distinct random batches (a fixed batch is memorized at the paper's learning rates and its
+  subnormal gradients slow the CPU backward 10x), at the method's own learning rate (paper mode), under
   ``--autocast bf16`` in a bf16 autocast region.  ``base`` is the frozen model with input-embedding
   gradients on, no optimizer: the floor.
 - inference (equal-rank only): eval mode, ``no_grad``, steady state (after training, so Quantum-PEFT's
@@ -84,8 +86,10 @@ VIT_TOKENS = 197  # (224 / 16)² patches + [CLS]
 README_BEGIN, README_END = "<!-- bench_train paper: begin -->", "<!-- bench_train paper: end -->"
 
 
-def quantize_4bit(model: nn.Module, pattern: str, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Replace every ``nn.Linear`` whose name matches ``pattern`` by a bitsandbytes nf4 ``Linear4bit``."""
+def quantize_4bit(model: nn.Module, pattern: str, compute_dtype: torch.dtype = torch.float32,
+                  device: torch.device = torch.device("cpu")) -> nn.Module:
+    """Replace every ``nn.Linear`` (on the CPU) whose name matches ``pattern`` by a bitsandbytes nf4
+    ``Linear4bit``, quantized as it moves to ``device`` (as ``from_pretrained`` does), and move the rest."""
     import bitsandbytes as bnb
 
     for name, module in list(model.named_modules()):
@@ -96,9 +100,9 @@ def quantize_4bit(model: nn.Module, pattern: str, compute_dtype: torch.dtype = t
             if module.bias is not None:
                 q.bias = nn.Parameter(module.bias.data, requires_grad=False)
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, q.to(module.weight.device))  # .to() quantizes
+            setattr(model.get_submodule(parent), child, q.to(device))  # .to() quantizes
     model.is_loaded_in_4bit = True  # as from_pretrained(quantization_config=...) marks it: peft dispatches bnb layers
-    return model
+    return model.to(device)
 
 
 def build_base(model: str, device: torch.device = torch.device("cpu"), autocast: str = "off") -> nn.Module:
@@ -106,7 +110,7 @@ def build_base(model: str, device: torch.device = torch.device("cpu"), autocast:
     torch.manual_seed(0)
     if model == "deberta-v3-base-4bit":
         compute = torch.bfloat16 if autocast == "bf16" else torch.float32
-        return quantize_4bit(build_base("deberta-v3-base").to(device), DEBERTA_TARGETS, compute)
+        return quantize_4bit(build_base("deberta-v3-base"), DEBERTA_TARGETS, compute, device)
     if model == "deberta-v3-base":
         from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
@@ -144,10 +148,21 @@ def unsupported(model: str, method: str) -> str | None:
     return None
 
 
-def make_batch(model: str, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
+#: distinct random batches a runner cycles through: a step never sees the batch of the step before (a fixed
+#: batch is memorized within a few steps at the paper's Quantum-PEFT learning rates, and the vanishing
+#: gradients turn subnormal, which made the CPU backward 10x slower: a benchmark artifact, not a cost)
+BATCH_POOL = 32
+
+
+def make_batches(model: str, batch: int, seq: int, device: torch.device, count: int = BATCH_POOL) -> list[dict]:
+    """``count`` batches of :func:`make_batch` (seeds 1 .. count)."""
+    return [make_batch(model, batch, seq, device, seed) for seed in range(1, count + 1)]
+
+
+def make_batch(model: str, batch: int, seq: int, device: torch.device, seed: int = 1) -> dict[str, torch.Tensor]:
     """Random inputs: DeBERTa labels of 2 classes; GPT-2 the loss on the last 60% of each row (E2E's
     references); ViT ``images(batch, seq)`` random 224 x 224 images of 10 classes."""
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     if model.startswith("vit"):
         count = images(batch, seq)
         return {"pixel_values": torch.randn(count, 3, 224, 224, generator=g).to(device),
@@ -260,10 +275,10 @@ def adapt(base: nn.Module, model: str, method: str, args: argparse.Namespace) ->
 
 
 class Runner:
-    """One adapted model with its optimizer: ``step``, ``infer``, ``build`` (U/V alone)."""
+    """One adapted model with its optimizer: ``step`` (on the next of ``batches``), ``infer``, ``build`` (U/V alone)."""
 
-    def __init__(self, adapted: Adapted, batch: dict[str, torch.Tensor], autocast: str = "off") -> None:
-        self.adapted, self.net, self.batch = adapted, adapted.net, batch
+    def __init__(self, adapted: Adapted, batches: list[dict[str, torch.Tensor]], autocast: str = "off") -> None:
+        self.adapted, self.net, self.batches = adapted, adapted.net, batches
         self.opt = torch.optim.AdamW(adapted.param_groups, lr=1e-5) if adapted.param_groups else None
         device = next(self.net.parameters()).device.type
         self.autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if autocast == "bf16" else contextlib.nullcontext
@@ -274,7 +289,7 @@ class Runner:
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = self.net(**self.batch).loss
+            loss = self.net(**self.batches[self.global_step % len(self.batches)]).loss
         loss.backward()
         if self.opt is not None:
             self.opt.step()
@@ -284,7 +299,7 @@ class Runner:
     def infer(self) -> None:
         self.net.eval()
         with torch.no_grad(), self.autocast():
-            self.net(**self.batch)
+            self.net(**self.batches[0])
 
     def build(self) -> None:
         """Forward+backward of every U/V factor, built as in a training step."""
@@ -311,7 +326,7 @@ def probe(model: str, method: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     adapted = adapt(build_base(model, device, args.autocast), model, method, args)
     adapted.net.to(device)
-    runner = Runner(adapted, make_batch(model, args.batch, args.seq, device), args.autocast)
+    runner = Runner(adapted, make_batches(model, args.batch, args.seq, device, 3), args.autocast)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -355,18 +370,18 @@ def bench_model(model: str, args: argparse.Namespace, runs: list[tuple[tuple[int
         private = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})  # frozen weights shared
         adapted = adapt(private, model, method, args)
         adapted.net.to(device)
-        runners[method] = Runner(adapted, {}, args.autocast)
+        runners[method] = Runner(adapted, [], args.autocast)
         built[method] = {"trainable": adapted.trainable, **adapted.info}
     repeats = args.repeats if model.startswith("deberta") else args.repeats_gpt2
     out, probed = [], set()
     for (batch_size, tokens), threads in runs:
         torch.set_num_threads(threads)
         print(f"== {model}: {batch_size} x {tokens}, {threads} thread(s)", flush=True)
-        batch = make_batch(model, batch_size, tokens, device)
+        batches = make_batches(model, batch_size, tokens, device)
         results = copy.deepcopy(built)
         tasks: dict[str, Callable[[], None]] = {}
         for method, runner in runners.items():
-            runner.batch = batch
+            runner.batches = batches
             tasks[f"step/{method}"] = runner.step
             if runner.is_qpeft:
                 tasks[f"build/{method}"] = runner.build

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import PAPER, QPEFT_MAPPINGS, Runner, adapt_equal_rank, adapt_paper, build_base, make_batch  # noqa: E402
+from bench_train import PAPER, QPEFT_MAPPINGS, Runner, adapt_equal_rank, adapt_paper, build_base, make_batches  # noqa: E402
 from timing import median_ms  # noqa: E402
 from qpeft.io import atomic_write_text  # noqa: E402
 
@@ -52,10 +52,10 @@ def op_profile(fn: Callable[[], None], top: int) -> tuple[int, list[dict]]:
 def profile_paper(args: argparse.Namespace) -> dict:
     """Step, construction and their top ops for the paper's DeBERTaV3-base methods (and the frozen base)."""
     model = "deberta-v3-base"
-    batch = make_batch(model, args.batch, args.seq, torch.device("cpu"))
+    batches = make_batches(model, args.batch, args.seq, torch.device("cpu"))
     rows = {}
     for method in ("base", *PAPER[model][1]):
-        runner = Runner(adapt_paper(build_base(model), model, method), batch)
+        runner = Runner(adapt_paper(build_base(model), model, method), batches)
         row = {"step_ms": median_ms(runner.step, args.repeats)}
         _, row["step_top_ops"] = op_profile(runner.step, 15)
         if runner.is_qpeft:
@@ -89,10 +89,10 @@ def main() -> None:
         return
     args.out = args.out or Path("results/bench/profile.json")
     model = "deberta-v3-base"
-    batch = make_batch(model, args.batch, args.seq, torch.device("cpu"))
+    batches = make_batches(model, args.batch, args.seq, torch.device("cpu"))
     report: dict = {"settings": vars(args) | {"out": str(args.out)}, "mappings": {}}
     for name in QPEFT_MAPPINGS[model]:
-        runner = Runner(adapt_equal_rank(build_base(model), model, f"qpeft-{name}", args.rank, 1), batch)
+        runner = Runner(adapt_equal_rank(build_base(model), model, f"qpeft-{name}", args.rank, 1), batches)
         rows = {}
         for batched in (False, True):
             runner.net.batch_factors = batched

@@ -38,12 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from qpeft.unitary.base import StiefelMap, check_int, check_real, register_mapping
-from qpeft.unitary.pauli import (
-    apply_two_design,
-    two_design_columns,
-    site_count,
-    two_design_gate_count,
-)
+from qpeft.unitary.pauli import apply_two_design, site_count, two_design_columns, two_design_gate_count
 
 
 def skew_from_params(theta: Tensor, node_size: int) -> Tensor:
