@@ -474,9 +474,11 @@ def render(report_path: Path, readme: Path = ROOT / "README.md") -> None:
     """Write ``<report>.md`` from a paper-mode JSON and replace the README block between the markers."""
     report = json.loads(report_path.read_text())
     text = paper_markdown(report)
+    git = report.get("git") or {}
+    commit = f", commit {git['sha'][:7]}{' (dirty)' if git.get('dirty') else ''}" if git.get("sha") else ""
     machine_line = (f"{report['machine'].get('gpu') or report['machine']['cpu']}, torch {report['machine']['torch']}, "
                     f"autocast {report['settings']['autocast']}, {report['settings']['repeats']} rounds "
-                    f"({report['settings']['repeats_gpt2']} for GPT-2 / ViT); `{report['command']}`")
+                    f"({report['settings']['repeats_gpt2']} for GPT-2 / ViT){commit}; `{report['command']}`")
     atomic_write_text(report_path.with_suffix(".md"), f"{machine_line}\n\n{text}\n")
     if readme.is_file() and report["settings"]["device"] == "cpu":
         content = readme.read_text()
@@ -550,8 +552,11 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
     out = args.out or Path("results/bench/train_paper.json" if paper else "results/bench/train.json")
+    from experiments.records import git_info
+
     report: dict[str, Any] = {
         "command": " ".join(["python", "scripts/bench_train.py", *sys.argv[1:]]),
+        "git": git_info(ROOT),  # the tree the run starts from
         "machine": machine(torch.device(args.device)),
         "settings": {k: v for k, v in vars(args).items() if k not in ("probe", "out", "render")}
         | {"out": str(out), "models": models, "threads": threads},

@@ -57,11 +57,11 @@ def profile_paper(args: argparse.Namespace) -> dict:
     for method in ("base", *PAPER[model][1]):
         runner = Runner(adapt_paper(build_base(model), model, method), batches)
         row = {"step_ms": median_ms(runner.step, args.repeats)}
-        _, row["step_top_ops"] = op_profile(runner.step, 15)
+        row["step_aten_ops"], row["step_top_ops"] = op_profile(runner.step, 15)
         if runner.is_qpeft:
             row["build_fwd_bwd_ms"] = median_ms(runner.build, args.repeats)
             row["step_minus_build_ms"] = row["step_ms"] - row["build_fwd_bwd_ms"]
-            _, row["build_top_ops"] = op_profile(runner.build, 15)
+            row["build_aten_ops"], row["build_top_ops"] = op_profile(runner.build, 15)
         rows[method] = row
         print(f"{method:20s} step {row['step_ms']:7.0f} ms" + (
             f" | U/V fwd+bwd {row['build_fwd_bwd_ms']:6.1f} ms | rest {row['step_minus_build_ms']:7.0f} ms"
