@@ -237,6 +237,8 @@ def adapt_paper(base: nn.Module, model: str, method: str) -> Adapted:
     """``base`` (a private copy) wrapped by ``method`` as a run of the model's paper experiment builds it."""
     if method == "base":
         return frozen(base)
+    from omegaconf import OmegaConf
+
     from experiments.methods import build_method
     from experiments.tasks import build_task
 
@@ -250,8 +252,9 @@ def adapt_paper(base: nn.Module, model: str, method: str) -> Adapted:
     for group in groups:
         group.setdefault("lr", protocol.lr)
     info = {"method_config": f"conf/method/{method}.yaml", "experiment": PAPER[model][0]}
-    info |= {k: cfg.method[k] for k in ("r", "rank", "mapping", "mapping_options", "lora_dropout", "dropout")
-             if k in cfg.method}
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    info |= {k: method_cfg[k] for k in ("r", "rank", "mapping", "mapping_options", "lora_dropout", "dropout")
+             if k in method_cfg}
     return trained(built.model, groups, built.on_step_end, built.save_adapter, info)
 
 
