@@ -8,7 +8,7 @@ from torch.func import jacfwd
 
 from qpeft.unitary import build_mapping, count_mapping_parameters
 from qpeft.unitary.node import NodeMap, node_columns, skew_from_params
-from qpeft.unitary.pauli import PauliMap, two_design_gate_count, two_design_signs
+from qpeft.unitary.pauli import PauliMap, sign_node, two_design_gate_count
 
 
 def _site_sign(a: int, b: int) -> float:
@@ -91,7 +91,7 @@ def test_sign_node_has_trivial_local_commutant(m: int) -> None:
     # Distinct rows/columns of the M x M sign table: no site rotation commutes with the pair node.
     table = torch.tensor([[_site_sign(a, b) for b in range(m)] for a in range(m)])
     assert len({tuple(r.tolist()) for r in table}) == m
-    torch.testing.assert_close(two_design_signs(2, m)[0], table.reshape(-1))
+    torch.testing.assert_close(sign_node(2, (0,), m), table.reshape(-1))
 
 
 @pytest.mark.parametrize("m", [2, 3, 4, 5])

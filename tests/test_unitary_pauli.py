@@ -7,7 +7,7 @@ import torch
 from torch.func import jacfwd
 
 from qpeft.unitary import build_mapping, count_mapping_parameters
-from qpeft.unitary.pauli import PauliMap, pauli_columns, ry, two_design_gate_count, two_design_signs
+from qpeft.unitary.pauli import PauliMap, pauli_columns, ry, sign_node, two_design_gate_count
 
 CZ = torch.diag(torch.tensor([1.0, 1.0, 1.0, -1.0], dtype=torch.float64))
 I2 = torch.eye(2, dtype=torch.float64)
@@ -109,7 +109,8 @@ def test_signs_are_cz() -> None:
     # 3 qubits: even sublayer is CZ on (1,2), odd sublayer CZ on (2,3).
     expected_even = torch.tensor([1, 1, 1, 1, 1, 1, -1, -1.0])
     expected_odd = torch.tensor([1, 1, 1, -1, 1, 1, 1, -1.0])
-    torch.testing.assert_close(two_design_signs(3), torch.stack([expected_even, expected_odd]))
+    signs = torch.stack([sign_node(3, (0,)), sign_node(3, (1,))])  # even pairs start at 0, odd at 1
+    torch.testing.assert_close(signs, torch.stack([expected_even, expected_odd]))
 
 
 @pytest.mark.parametrize(

@@ -96,11 +96,6 @@ def sign_node(n_sites: int, pairs: Sequence[int], site_size: int = 2) -> Tensor:
     return signs
 
 
-def two_design_signs(n_sites: int, site_size: int = 2) -> Tensor:
-    """``Tensor[2, site_size**n_sites]``: the diagonal of the even / odd entangling sublayer (:func:`sign_node`)."""
-    return torch.stack([sign_node(n_sites, range(row, n_sites - 1, 2), site_size) for row in (0, 1)])
-
-
 #: sites fused into one pass over the state: one dense operator on at most this many states
 FUSED_STATES = 16
 
@@ -173,11 +168,10 @@ def _kron(a: Tensor, b: Tensor) -> Tensor:
     return (a[..., :, None, :, None] * b[..., None, :, None, :]).flatten(-4, -3).flatten(-2, -1)
 
 
-def _chunk_operator(gates: Tensor, chunk: _Chunk) -> Tensor:
+def _chunk_operator(gates: Tensor, chunk: _Chunk, eye: Tensor) -> Tensor:
     """``Tensor[..., d, d]``: the chunk's steps multiplied out, each the Kronecker product of its site gates
-    (identity where idle) times its sign node (acting first)."""
+    (``eye``, the site identity, where idle) times its sign node (acting first)."""
     site_size = gates.shape[-1]
-    eye = torch.eye(site_size, dtype=gates.dtype, device=gates.device)
     op = None
     for sites, pairs in chunk.steps:
         step = None
@@ -202,10 +196,11 @@ def apply_two_design(gates: Tensor, x: Tensor, n_sites: int, layers: int, start:
     site_size = gates.shape[-1]
     batch = torch.broadcast_shapes(gates.shape[:-3], x.shape[:-2])
     x = x.expand(*batch, *x.shape[-2:])
+    eye = torch.eye(site_size, dtype=gates.dtype, device=gates.device)
     for chunks in chunk_plan(n_sites, layers, site_size, start):
         for chunk in chunks:
             view = x.reshape(*batch, site_size**chunk.first, site_size**chunk.sites, -1)
-            x = torch.einsum("...ij,...pjq->...piq", _chunk_operator(gates, chunk), view).reshape(x.shape)
+            x = torch.einsum("...ij,...pjq->...piq", _chunk_operator(gates, chunk, eye), view).reshape(x.shape)
     return x
 
 
@@ -231,7 +226,8 @@ def two_design_columns(gates: Tensor, n_sites: int, layers: int, k: int) -> Tens
         pairs = n_sites // 2
         first, second = sites[..., 0 : 2 * pairs : 2, :, :], sites[..., 1 : 2 * pairs : 2, :, :]
         joint = first.unsqueeze(-2) * second.unsqueeze(-3)  # [..., P, M, M, k]: v ⊗ v'
-        joint = joint * sign_node(2, (0,), site_size).to(joint).view(site_size, site_size, 1)  # D acts first
+        pair = _chunk_signs(2, (0,), site_size, joint.dtype, joint.device)  # cached: no host copy per forward
+        joint = joint * pair.view(site_size, site_size, 1)  # D acts first
         g1 = gates[..., n_sites : n_sites + 2 * pairs : 2, :, :]
         g2 = gates[..., n_sites + 1 : n_sites + 2 * pairs : 2, :, :]
         joint = torch.einsum("...ab,...cd,...bdk->...ack", g1, g2, joint).flatten(-3, -2)  # [..., P, M², k]
