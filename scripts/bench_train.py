@@ -15,7 +15,8 @@ Two sets of configurations (``--configs``):
   ``e2e_gpt2m``: LoRA r = 4 on Q, V vs Taylor K = 2, K' = 1; the E2E loss installed) and Table 6 (ViT-B/16
   with its 3-bit base, ``cifar10_vit``), at every ``--shapes`` entry (batch x tokens; ViT: the same token
   count in 197-token images, at least one) and every ``--threads`` count -> ``results/bench/train_paper.json``
-  and ``train_paper.md`` (``--render`` rewrites the markdown and the README block from a JSON).
+  and ``train_paper.md``; a CPU run to that default ``--out`` also rewrites the README block, and
+  ``--render <json>`` rewrites the markdown and the README block from a JSON.
 
 All methods of one model share the frozen base weights and are timed round-robin (method order rotated
 every repeat), so drift hits all alike; the median and the spread (min-max) are reported.
@@ -83,6 +84,7 @@ PAPER = {
 PAPER_TABLE = {"deberta-v3-base": "Table 2", "deberta-v3-base-4bit": "Table 2 on an nf4 base",
                "gpt2-medium": "Table 3", "vit-b16-3bit": "Table 6"}
 VIT_TOKENS = 197  # (224 / 16)² patches + [CLS]
+README, PAPER_OUT = ROOT / "README.md", "results/bench/train_paper.json"
 README_BEGIN, README_END = "<!-- bench_train paper: begin -->", "<!-- bench_train paper: end -->"
 
 
@@ -348,9 +350,10 @@ def probe(model: str, method: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def run_probe(model: str, method: str, args: argparse.Namespace) -> dict:
+def run_probe(model: str, method: str, args: argparse.Namespace, batch: int, tokens: int) -> dict:
+    """:func:`probe` of ``method`` at ``batch x tokens`` in a fresh process (the current thread count)."""
     cmd = [sys.executable, __file__, "--probe", model, method, "--configs", args.configs, "--device", args.device,
-           "--batch", str(args.batch), "--seq", str(args.seq), "--rank", str(args.rank),
+           "--batch", str(batch), "--seq", str(tokens), "--rank", str(args.rank),
            "--total-step", str(args.total_step), "--threads", str(torch.get_num_threads()), "--autocast", args.autocast]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -403,9 +406,8 @@ def bench_model(model: str, args: argparse.Namespace, runs: list[tuple[tuple[int
             results[method][kind] = value
         if not args.skip_memory and (batch_size, tokens) not in probed:
             probed.add((batch_size, tokens))
-            args.batch, args.seq = batch_size, tokens
             for method in runners:
-                results[method].update(run_probe(model, method, args))
+                results[method].update(run_probe(model, method, args, batch_size, tokens))
         add_ratios(results)
         print(table(model, results), "\n", flush=True)
         out.append(results)
@@ -473,8 +475,9 @@ def paper_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def render(report_path: Path, readme: Path = ROOT / "README.md") -> None:
-    """Write ``<report>.md`` from a paper-mode JSON and replace the README block between the markers."""
+def render(report_path: Path, readme: Path | None = None) -> None:
+    """Write ``<report>.md`` from a paper-mode JSON and, given ``readme``, replace its block between the markers
+    (CPU reports only: the README's table is this machine's)."""
     report = json.loads(report_path.read_text())
     text = paper_markdown(report)
     git = report.get("git") or {}
@@ -483,7 +486,7 @@ def render(report_path: Path, readme: Path = ROOT / "README.md") -> None:
                     f"autocast {report['settings']['autocast']}, {report['settings']['repeats']} rounds "
                     f"({report['settings']['repeats_gpt2']} for GPT-2 / ViT){commit}; `{report['command']}`")
     atomic_write_text(report_path.with_suffix(".md"), f"{machine_line}\n\n{text}\n")
-    if readme.is_file() and report["settings"]["device"] == "cpu":
+    if readme is not None and readme.is_file() and report["settings"]["device"] == "cpu":
         content = readme.read_text()
         if README_BEGIN in content and README_END in content:
             before, rest = content.split(README_BEGIN, 1)
@@ -540,7 +543,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.render:
-        render(args.render)
+        render(args.render, README)
         return
     paper = args.configs == "paper"
     valid = list(PAPER) if paper else list(QPEFT_MAPPINGS)
@@ -554,7 +557,7 @@ def main() -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible")
-    out = args.out or Path("results/bench/train_paper.json" if paper else "results/bench/train.json")
+    out = args.out or Path(PAPER_OUT if paper else "results/bench/train.json")
     from experiments.records import git_info
 
     report: dict[str, Any] = {
@@ -579,7 +582,7 @@ def main() -> None:
     report["wall_s"] = time.perf_counter() - start
     atomic_write_text(out, json.dumps(report, indent=2, default=str))
     if paper:
-        render(out)
+        render(out, README if out.resolve() == (ROOT / PAPER_OUT).resolve() else None)  # other --out: no README
     print(f"wrote {out} in {report['wall_s']:.0f} s")
 
 
